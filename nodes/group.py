@@ -1,0 +1,61 @@
+"""Tandem Init and Tandem Shutdown: start, reuse and stop the worker group."""
+from ..parallel.degrees import ATTENTION_BACKENDS, GroupConfig
+from ..workers import group as groups
+
+CATEGORY = "Tandem"
+
+
+class TandemInit:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "ray_address": ("STRING", {"default": "local", "tooltip":
+                "'local' starts a private Ray head on 127.0.0.1 (dashboard off); or the address of an "
+                "existing Ray cluster, e.g. 10.0.0.5:6379"}),
+            "gpu_count": ("INT", {"default": 2, "min": 1, "max": 256, "tooltip":
+                "Workers to start, one per GPU. Without GPUs, CPU workers on gloo (slow, for trying it out)."}),
+            "ulysses_degree": ("INT", {"default": 2, "min": 1, "max": 256, "tooltip":
+                "GPUs that split one video's tokens by exchanging attention heads; must divide the model's "
+                "head count. Needs the full weights on each GPU."}),
+            "ring_degree": ("INT", {"default": 1, "min": 1, "max": 256, "tooltip":
+                "GPUs that split the tokens further by passing keys/values around a ring."}),
+            "cfg_degree": ("INT", {"default": 1, "min": 1, "max": 2, "tooltip":
+                "2 runs the positive and negative prompt on different GPUs (CFG > 1)."}),
+            "fsdp": ("BOOLEAN", {"default": False, "tooltip":
+                "Shard the weights over the GPUs (FSDP2) when one GPU cannot hold the whole model."}),
+            "fsdp_cpu_offload": ("BOOLEAN", {"default": False, "tooltip":
+                "Keep FSDP shards in host memory and stream them to the GPU block by block."}),
+            "attention": (list(ATTENTION_BACKENDS), {"default": "sdpa", "tooltip":
+                "Attention kernel each GPU runs; flash/sage fall back to SDPA with a warning if unavailable."}),
+            "timeout_s": ("INT", {"default": 600, "min": 10, "max": 86400, "tooltip":
+                "Seconds any collective or worker call may take before Tandem gives up and restarts the group."}),
+        }}
+
+    RETURN_TYPES = ("TANDEM_GROUP",)
+    RETURN_NAMES = ("group",)
+    FUNCTION = "start"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Starts (or reuses) one Ray worker per GPU, joined in one process group."
+
+    @classmethod
+    def IS_CHANGED(cls, **settings):
+        return groups.fingerprint(GroupConfig(**settings))
+
+    def start(self, **settings):
+        return (groups.start(GroupConfig(**settings)),)
+
+
+class TandemShutdown:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"group": ("TANDEM_GROUP",)}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "stop"
+    OUTPUT_NODE = True
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Stops the Tandem workers (and the Ray head if Tandem started it), freeing the GPUs."
+
+    def stop(self, group):
+        groups.shutdown()
+        return ()

@@ -1,0 +1,41 @@
+"""Tandem Model Loader: every worker loads the same diffusion model with ComfyUI's own loader."""
+from dataclasses import dataclass
+
+import folder_paths
+
+from ..workers.actor import WEIGHT_DTYPES
+from ..workers.group import Group, TandemError
+
+
+@dataclass(frozen=True)
+class TandemModel:
+    """A handle to a model that lives in the workers; the weights never travel through the graph."""
+
+    group: Group
+    key: tuple
+    model_type: str
+
+
+class TandemModelLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "group": ("TANDEM_GROUP",),
+            "unet_name": (folder_paths.get_filename_list("diffusion_models"), {"tooltip":
+                "A diffusion model from ComfyUI's diffusion_models folder (as in Load Diffusion Model)."}),
+            "weight_dtype": (list(WEIGHT_DTYPES), {"tooltip": "Weight dtype in GPU memory; default keeps the file's."}),
+        }}
+
+    RETURN_TYPES = ("TANDEM_MODEL",)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "load"
+    CATEGORY = "Tandem"
+    DESCRIPTION = "Loads a diffusion model into every Tandem worker and prepares it for sequence parallelism."
+
+    def load(self, group: Group, unet_name: str, weight_dtype: str):
+        path = folder_paths.get_full_path("diffusion_models", unet_name)
+        if path is None:
+            raise TandemError(f"model file {unet_name!r} is not in ComfyUI's diffusion_models folders: "
+                              "put it there or pick another file")
+        info = group.call("load", path, weight_dtype)[0]
+        return (TandemModel(group, info["key"], info["model"]),)

@@ -1,0 +1,1 @@
+"""Small functions that take a process group and tensors: degrees, process groups, sequence split, attention."""

@@ -1,0 +1,66 @@
+"""The attention kernel each rank runs on its heads, and the ComfyUI attention override that adds Ulysses.
+
+ComfyUI routes every ``optimized_attention`` call through ``transformer_options["optimized_attention_override"]``
+when it is set; model adapters set it only for the sequence-mixing (self/joint) attention, never for
+cross-attention to text, which needs no exchange because every rank holds all text tokens.
+"""
+import importlib.util
+import logging
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .sequence import SequenceShard
+from .ulysses import AttentionFn, ulysses_attention
+
+log = logging.getLogger("tandem")
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    from flash_attn import flash_attn_func
+    return flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+
+
+def _sage(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    from sageattention import sageattn
+    return sageattn(q, k, v, tensor_layout="HND", is_causal=False)
+
+
+_BACKENDS = {"sdpa": (_sdpa, None), "flash": (_flash, "flash_attn"), "sage": (_sage, "sageattention")}
+
+
+def resolve_backend(name: str, device: torch.device) -> tuple[AttentionFn, str | None]:
+    """The kernel for ``name``, or SDPA and a warning saying why ``name`` cannot run here."""
+    fn, package = _BACKENDS[name]
+    if package is None:
+        return fn, None
+    if device.type != "cuda":
+        return _sdpa, f"attention backend {name!r} needs a CUDA GPU; using SDPA on {device.type}"
+    if importlib.util.find_spec(package) is None:
+        return _sdpa, f"attention backend {name!r} needs the {package} package, which is not installed; using SDPA"
+    return fn, None
+
+
+def ulysses_override(shard: SequenceShard, attend: AttentionFn) -> Callable:
+    """An ``optimized_attention_override`` that runs the call as Ulysses attention over ``shard.group``."""
+    def override(func, q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False,
+                 skip_output_reshape=False, **kwargs):
+        if mask is not None:
+            raise NotImplementedError("Tandem's sequence-parallel attention does not support attention masks yet")
+        if skip_reshape:   # [B, H, S, D] → [B, S, H·D]
+            q, k, v = (t.transpose(1, 2).flatten(2) for t in (q, k, v))
+        out = ulysses_attention(q, k, v, heads, shard, attend)
+        if skip_output_reshape:
+            out = out.unflatten(2, (heads, -1)).transpose(1, 2)
+        return out
+    return override
+
+
+def with_override(transformer_options: dict, override: Callable) -> dict:
+    """A copy of ``transformer_options`` whose attention calls go through ``override``."""
+    return {**transformer_options, "optimized_attention_override": override}

@@ -1,0 +1,150 @@
+"""Tiny random-weight DiT checkpoints built from ComfyUI's own model classes, for CPU tests.
+
+Each family is a ComfyUI ``supported_models`` class plus an explicit ``unet_config``. The file written is the
+diffusion model's ``state_dict()`` (no prefix), i.e. the real key layout that ``comfy.sd.load_diffusion_model``
+reads. ComfyUI's detection (``comfy/model_detection.py``) infers some dims from key shapes and hard-codes others,
+which decides whether a tiny file can be detected:
+
+- Wan 2.1 and HunyuanVideo: heads = hidden // 128, so hidden 256 gives 2 heads: the tiny file is detected.
+- Flux: detection fixes num_heads = 24 and the rope axes sum to 128, so hidden must be 3072 (one double block is
+  already ~340M params). The tiny file keeps the real keys but must be loaded with its explicit config
+  (``load_checkpoint``); ``detection_state_dict`` gives the same layout at detectable width on the meta device.
+- Qwen-Image: detection reads only in_channels and the layer count (hidden stays 3072), same as Flux for the tiny
+  file; ``qwen_image_min`` is the smallest file detection accepts: real width, zero blocks, bf16, ~81 MB.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tandem.workers.comfyui import import_comfyui
+
+import_comfyui()
+
+import comfy.model_base  # noqa: E402
+import comfy.model_management  # noqa: E402
+import comfy.model_patcher  # noqa: E402
+import comfy.sample  # noqa: E402
+import comfy.sd  # noqa: E402
+import comfy.supported_models  # noqa: E402
+import comfy.utils  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Family:
+    """One test model: ComfyUI's config class, the unet_config it is built with, and how its inputs look."""
+    config_class: type
+    unet_config: dict
+    detected: bool               # True: comfy.sd.load_diffusion_model detects the file as ``config_class``
+    latent_shape: tuple[int, ...]
+    context_dim: int
+    extra_cond: tuple[str, ...] = ()   # conditioning keys the model needs besides the text context
+    dtype: torch.dtype = torch.float32
+    detect_overrides: dict = field(default_factory=dict)  # unet_config changes that make the layout detectable
+
+
+_WAN = dict(image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), in_dim=16, dim=256, ffn_dim=512,
+            freq_dim=256, text_dim=4096, out_dim=16, num_heads=2, num_layers=2, window_size=(-1, -1),
+            qk_norm=True, cross_attn_norm=True, eps=1e-6)
+_QWEN = dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16, num_layers=2,
+             attention_head_dim=128, num_attention_heads=2, joint_attention_dim=3584, pooled_projection_dim=768,
+             guidance_embeds=False, axes_dims_rope=(16, 56, 56))
+
+FAMILIES: dict[str, Family] = {
+    "wan21_t2v": Family(comfy.supported_models.WAN21_T2V, _WAN, True, (1, 16, 1, 8, 8), 4096),
+    "wan21_i2v": Family(comfy.supported_models.WAN21_I2V, {**_WAN, "model_type": "i2v", "in_dim": 36}, True,
+                        (1, 16, 1, 8, 8), 4096),
+    "hunyuan_video": Family(
+        comfy.supported_models.HunyuanVideo,
+        dict(image_model="hunyuan_video", in_channels=16, out_channels=16, patch_size=[1, 2, 2], vec_in_dim=768,
+             axes_dim=[16, 56, 56], meanflow=False, context_in_dim=4096, hidden_size=256, mlp_ratio=4.0, num_heads=2,
+             depth=2, depth_single_blocks=2, theta=256, qkv_bias=True, byt5=False, guidance_embed=True,
+             use_cond_type_embedding=False, vision_in_dim=None),
+        True, (1, 16, 1, 8, 8), 4096, ("pooled_output", "guidance")),
+    "flux": Family(
+        comfy.supported_models.Flux,
+        dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=256,
+             mlp_ratio=4.0, num_heads=2, depth=2, depth_single_blocks=2, axes_dim=[16, 56, 56], theta=10000,
+             patch_size=2, qkv_bias=True, guidance_embed=True),
+        False, (1, 16, 8, 8), 4096, ("pooled_output", "guidance"),
+        detect_overrides={"hidden_size": 3072, "num_heads": 24}),
+    "qwen_image": Family(comfy.supported_models.QwenImage, _QWEN, False, (1, 16, 1, 8, 8), 3584,
+                         detect_overrides={"num_attention_heads": 24}),
+    "qwen_image_min": Family(comfy.supported_models.QwenImage, {**_QWEN, "num_layers": 0, "num_attention_heads": 24},
+                             True, (1, 16, 1, 8, 8), 3584, dtype=torch.bfloat16),
+}
+
+
+def _randomize(module: torch.nn.Module, seed: int) -> None:
+    """ComfyUI's ops skip weight init (params start as ``torch.empty``): give every parameter seeded values.
+
+    Norm scales get 1 + noise so activations keep their size; everything else N(0, 0.02).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            values = torch.randn(param.shape, generator=generator) * 0.02
+            if param.ndim == 1 and "norm" in name and not name.endswith("bias"):
+                values += 1.0
+            param.copy_(values)
+
+
+def _model(family: str) -> comfy.model_base.BaseModel:
+    """Build the family's model the way ``comfy.sd.load_diffusion_model_state_dict`` does, in fp32 on the CPU."""
+    spec = FAMILIES[family]
+    model_config = spec.config_class(spec.unet_config)
+    model_config.set_inference_dtype(torch.float32, None)
+    return model_config.get_model({}, "")
+
+
+def _patcher(model: comfy.model_base.BaseModel) -> comfy.model_patcher.ModelPatcher:
+    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+def build_model(family: str, seed: int = 0) -> comfy.model_patcher.ModelPatcher:
+    """A random-weight model of ``family`` built through ComfyUI's config class with the explicit unet_config."""
+    model = _model(family)
+    _randomize(model.diffusion_model, seed)
+    return _patcher(model)
+
+
+def make_checkpoint(family: str, directory: Path, seed: int = 0) -> Path:
+    """Write ``<directory>/tiny_<family>.safetensors`` with seeded random weights and return its path."""
+    model = build_model(family, seed).model.diffusion_model
+    state_dict = {k: v.detach().to(FAMILIES[family].dtype).contiguous() for k, v in model.state_dict().items()}
+    path = Path(directory) / f"tiny_{family}.safetensors"
+    save_file(state_dict, str(path))
+    return path
+
+
+def load_checkpoint(path: Path, family: str) -> comfy.model_patcher.ModelPatcher:
+    """Load a file: through ComfyUI's detection where it can detect the family, else with the explicit config."""
+    if FAMILIES[family].detected:
+        return comfy.sd.load_diffusion_model(str(path))
+    model = _model(family)
+    model.load_model_weights(comfy.utils.load_torch_file(str(path)), "")
+    return _patcher(model)
+
+
+def detection_state_dict(family: str) -> dict[str, torch.Tensor]:
+    """The family's key layout at a width ComfyUI detects, as meta tensors (shapes only, no memory)."""
+    spec = FAMILIES[family]
+    with torch.device("meta"):
+        model_config = spec.config_class({**spec.unet_config, **spec.detect_overrides})
+        model_config.set_inference_dtype(torch.float32, None)
+        return dict(model_config.get_model({}, "").diffusion_model.state_dict())
+
+
+def sample_once(patcher: comfy.model_patcher.ModelPatcher, family: str, steps: int = 1, seed: int = 0) -> torch.Tensor:
+    """Run ComfyUI's own sampler (euler, cfg 1 so one model call per step) on seeded inputs of the family's shape."""
+    spec = FAMILIES[family]
+    generator = torch.Generator().manual_seed(seed)
+    latent = torch.zeros(spec.latent_shape)
+    extra = {"pooled_output": torch.randn(1, 768, generator=generator), "guidance": 3.5}
+    cond = [[torch.randn(1, 8, spec.context_dim, generator=generator), {k: extra[k] for k in spec.extra_cond}]]
+    noise = comfy.sample.prepare_noise(latent, seed)
+    return comfy.sample.sample(patcher, noise, steps, 1.0, "euler", "simple", cond, cond, latent, seed=seed)

@@ -1,0 +1,50 @@
+"""Shared fixtures.
+
+``tandem`` is registered as a package without running its ``__init__`` (that imports the ComfyUI nodes, which need
+a running ComfyUI), so test helpers import as ``tandem.tests.*`` and never clash with ComfyUI's own ``server.py``.
+"""
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("COMFYUI_PATH", str(ROOT / ".comfyui"))
+if "tandem" not in sys.modules:
+    _spec = importlib.util.spec_from_file_location("tandem", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    sys.modules["tandem"] = importlib.util.module_from_spec(_spec)
+
+from tandem.tests.server import ComfyServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``checkpoint(family)`` -> path of that family's tiny safetensors file, written once per session."""
+    from tandem.tests.checkpoints import make_checkpoint
+
+    directory = tmp_path_factory.mktemp("checkpoints")
+    paths: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in paths:
+            paths[family] = make_checkpoint(family, directory)
+            print(f"{paths[family].name}: {paths[family].stat().st_size / 1e6:.1f} MB")
+        return paths[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
+    """One real ComfyUI server for the whole session (startup is slow), SHARED by every test that uses it:
+    tests may add files under ``diffusion_models_dir`` and queue prompts, but must not stop or reconfigure it."""
+    server = ComfyServer(Path(os.environ["COMFYUI_PATH"]), ROOT, tmp_path_factory.mktemp("comfyui"))
+    server.start()
+    print(f"ComfyUI answered after {server.startup_s:.1f} s at {server.url}, log: {server.log_path}")
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,114 @@
+"""A real ComfyUI server on loopback with this checkout installed as a custom node, for end-to-end tests.
+
+The server gets its own ``--base-directory`` so it sees only our ``custom_nodes`` and ``models`` folders, never the
+ones inside the ComfyUI tree (setup.sh links Tandem there too; loading it twice would hide bugs). Tandem is linked
+as ``custom_nodes/ComfyUI-Tandem`` to prove that any clone name works.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+STARTUP_TIMEOUT_S = 120.0
+CLONE_NAME = "ComfyUI-Tandem"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyServer:
+    """One ComfyUI process: start it, talk to its HTTP API, read its log, stop it."""
+
+    def __init__(self, comfyui_path: Path, repo_root: Path, base_dir: Path, python: str = sys.executable) -> None:
+        self.base_dir = Path(base_dir)
+        self.custom_nodes_dir = self.base_dir / "custom_nodes"
+        self.diffusion_models_dir = self.base_dir / "models" / "diffusion_models"
+        self.log_path = self.base_dir / "comfyui.log"
+        self.custom_nodes_dir.mkdir(parents=True, exist_ok=True)
+        self.diffusion_models_dir.mkdir(parents=True, exist_ok=True)
+        (self.custom_nodes_dir / CLONE_NAME).symlink_to(Path(repo_root).resolve(), target_is_directory=True)
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.command = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+                        "--base-directory", str(self.base_dir), "--disable-auto-launch",
+                        "--database-url", "sqlite:///:memory:"]
+        self.comfyui_path = Path(comfyui_path)
+        self.process: subprocess.Popen | None = None
+        self.startup_s: float | None = None
+
+    def start(self, timeout: float = STARTUP_TIMEOUT_S) -> None:
+        """Launch ComfyUI and block until ``/object_info`` answers (it does only after custom nodes loaded)."""
+        env = {**os.environ, "COMFYUI_PATH": str(self.comfyui_path), "PYTHONUNBUFFERED": "1"}
+        started = time.monotonic()
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(self.command, cwd=self.comfyui_path, env=env, stdout=log,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        while time.monotonic() - started < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                self.object_info()
+                self.startup_s = time.monotonic() - started
+                return
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"ComfyUI did not answer within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """Terminate, then kill if ComfyUI ignores SIGTERM for 10 s."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def _request(self, path: str, body: dict | None = None, timeout: float = 30.0) -> dict:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"{path} answered {e.code}: {e.read().decode(errors='replace')}") from None
+
+    def object_info(self) -> dict:
+        return self._request("/object_info")
+
+    def post_prompt(self, workflow: dict) -> str:
+        """Queue an API-format workflow; a validation error raises with ComfyUI's node_errors."""
+        return self._request("/prompt", {"prompt": workflow, "client_id": uuid.uuid4().hex})["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float = 300.0) -> dict:
+        """Poll ``/history/<id>`` until the prompt finished; return its history entry or raise with the log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            entry = self._request(f"/history/{prompt_id}").get(prompt_id)
+            if entry is not None:  # ComfyUI adds the entry only once the prompt has finished
+                status = entry.get("status") or {}
+                if status.get("status_str") != "success":
+                    messages = json.dumps(status.get("messages"), indent=1)
+                    raise RuntimeError(f"prompt {prompt_id} failed: {messages}\n--- server log ---\n{self.log_tail()}")
+                return entry
+            time.sleep(0.5)
+        raise TimeoutError(f"prompt {prompt_id} not done after {timeout:.0f} s\n--- server log ---\n{self.log_tail()}")

@@ -1,0 +1,109 @@
+"""The Ray actor: one per GPU (or per CPU slot without GPUs). Holds its process-group rank and its models."""
+import logging
+import os
+import threading
+
+import comfy.model_management
+import comfy.sd
+import ray
+import torch
+import torch.distributed as dist
+
+from ..models import adapter_for
+from ..parallel import process_group
+from ..parallel.attention import resolve_backend
+from ..parallel.degrees import GroupConfig, validate_heads
+from ..parallel.sequence import SequenceShard
+from .sampling import SampleRequest, run_ksampler
+
+log = logging.getLogger("tandem")
+
+WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2", "bf16", "fp16")
+
+
+def model_options(weight_dtype: str) -> dict:
+    """ComfyUI's load_diffusion_model options for the Loader's weight dtype (as ComfyUI's UNETLoader does)."""
+    dtypes = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e4m3fn_fast": torch.float8_e4m3fn,
+              "fp8_e5m2": torch.float8_e5m2, "bf16": torch.bfloat16, "fp16": torch.float16}
+    options = {"dtype": dtypes[weight_dtype]} if weight_dtype in dtypes else {}
+    if weight_dtype == "fp8_e4m3fn_fast":
+        options["fp8_optimizations"] = True
+    return options
+
+
+class Worker:
+    """Stateful: joins the group once, then loads models and samples on request from the nodes."""
+
+    def __init__(self, rank: int, config: dict):
+        self.rank = rank
+        self.config = GroupConfig(**config)
+        self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        self.models: dict[tuple, object] = {}
+        self.shards: dict[tuple, object] = {}
+        self.sequence_group = None
+        self.warnings: list[str] = []
+        self._progress = (0, 0)
+        self._interrupt = threading.Event()
+
+    def address(self) -> tuple[str, int]:
+        return ray.util.get_node_ip_address(), process_group.free_port()
+
+    def join(self, host: str, port: int) -> dict:
+        """Join the process group, pass the self-test, build the layout's sub-groups."""
+        process_group.join(host, port, self.rank, self.config.world_size, self.device, self.config.timeout_s)
+        process_group.self_test(self.device, self.config.timeout_s)
+        self.sequence_group = process_group.sequence_group(self.config, self.rank)
+        self.attend, warning = resolve_backend(self.config.attention, self.device)
+        if warning:
+            self.warnings.append(warning)
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        return {"rank": self.rank, "pid": os.getpid(), "device": name, "warnings": self.warnings}
+
+    def ping(self) -> int:
+        return os.getpid()
+
+    def load(self, path: str, weight_dtype: str) -> dict:
+        """Load (or reuse) a diffusion model with ComfyUI's loader and make it sequence-parallel."""
+        stat = os.stat(path)
+        key = (path, weight_dtype, stat.st_size, stat.st_mtime_ns)
+        if key not in self.models:
+            patcher = comfy.sd.load_diffusion_model(path, model_options=model_options(weight_dtype))
+            diffusion_model = patcher.model.diffusion_model
+            if self.sequence_group is not None:
+                adapter = adapter_for(diffusion_model)
+                validate_heads(self.config.ulysses_degree, adapter.num_heads(diffusion_model))
+                shard = SequenceShard(self.sequence_group)
+                adapter.install_sequence_parallel(diffusion_model, shard, self.attend)
+                self.shards[key] = shard
+            self.models[key] = patcher
+        patcher = self.models[key]
+        return {"key": key, "model": type(patcher.model.model_config).__name__}
+
+    def sample(self, key: tuple, request: SampleRequest) -> tuple[torch.Tensor | None, dict]:
+        """Run ComfyUI's sampler; rank 0 returns the latent, every rank returns what it computed on."""
+        patcher = self.models[key]
+        shard = self.shards.get(key)
+        if shard is not None:
+            shard.seen_block_tokens.clear()
+        self._interrupt.clear()
+
+        def on_step(step, x0, x, total_steps):
+            self._progress = (step + 1, total_steps)
+            if self._stop_requested():
+                raise comfy.model_management.InterruptProcessingException()
+
+        samples = run_ksampler(patcher, request, on_step)
+        stats = {"rank": self.rank, "block_tokens": sorted(shard.seen_block_tokens) if shard else []}
+        return (samples.cpu() if self.rank == 0 else None), stats
+
+    def _stop_requested(self) -> bool:
+        """Every rank learns in the same step whether any rank was asked to stop, so none waits alone."""
+        flag = torch.tensor([1.0 if self._interrupt.is_set() else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def progress(self) -> tuple[int, int]:
+        return self._progress
+
+    def interrupt(self) -> None:
+        self._interrupt.set()

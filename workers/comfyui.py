@@ -1,0 +1,31 @@
+"""Make ComfyUI's ``comfy`` package importable in a process that ComfyUI did not start (Ray workers, tests)."""
+import os
+import sys
+
+
+def comfyui_path() -> str:
+    """The ComfyUI tree in use: the one already imported, else ``$COMFYUI_PATH``."""
+    folder_paths = sys.modules.get("folder_paths")
+    if folder_paths is not None:
+        return os.path.dirname(os.path.abspath(folder_paths.__file__))
+    path = os.environ.get("COMFYUI_PATH")
+    if not path or not os.path.isfile(os.path.join(path, "comfy", "model_management.py")):
+        raise RuntimeError("Tandem cannot find ComfyUI: set COMFYUI_PATH to the folder that holds ComfyUI's main.py")
+    return os.path.abspath(path)
+
+
+def import_comfyui(cpu: bool | None = None) -> None:
+    """Put ComfyUI on sys.path and choose its device before ``comfy.model_management`` is imported.
+
+    ComfyUI picks CPU mode from its ``--cpu`` flag; a process without CUDA must set that flag first or
+    ``comfy.model_management`` fails at import.
+    """
+    path = comfyui_path()
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    if "comfy.model_management" in sys.modules:
+        return
+    import torch
+    from comfy.cli_args import args
+
+    args.cpu = (not torch.cuda.is_available()) if cpu is None else cpu

@@ -1,0 +1,238 @@
+"""The worker group behind Tandem Init: the Ray connection, a placement group, N actors, one process group.
+
+At most one group runs per ComfyUI process. ``fingerprint`` feeds Tandem Init's IS_CHANGED, so ComfyUI's
+cache reuses a healthy group with the same settings and re-runs the graph after a change or a lost worker.
+"""
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from ..parallel.degrees import GroupConfig, TandemConfigError, validate, validate_available
+from .actor import Worker
+from .comfyui import comfyui_path
+
+log = logging.getLogger("tandem")
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIRS = ("nodes", "workers", "parallel", "models")
+FORWARDED_ENV = ("NCCL_", "TORCH_", "PYTORCH_", "CUDA_LAUNCH_BLOCKING", "NVSHMEM_")
+ERROR_GRACE_S = 10.0
+
+
+class TandemError(RuntimeError):
+    """One line for the ComfyUI node: what failed where, and what to do."""
+
+
+_current: "Group | None" = None
+_epoch = 0                 # bumped whenever a group is lost or stopped, so IS_CHANGED changes
+_ray_address: str | None = None   # the address Tandem itself initialized Ray with, if it did
+
+
+def stage_package() -> str:
+    """Copy Tandem's Python files into a folder named ``tandem`` for Ray's ``py_modules``.
+
+    The checkout may be named anything (``ComfyUI-Tandem``, ...); workers on every host import it as ``tandem``.
+    The folder name carries a hash of the contents, so an unchanged tree is staged and uploaded once.
+    """
+    files = [PACKAGE_ROOT / "__init__.py"] + sorted(
+        p for d in PACKAGE_DIRS for p in (PACKAGE_ROOT / d).glob("*.py"))
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(str(f.relative_to(PACKAGE_ROOT)).encode() + b"\0" + f.read_bytes())
+    target = Path(tempfile.gettempdir()) / f"tandem-pkg-{digest.hexdigest()[:16]}" / "tandem"
+    if not target.is_dir():
+        staging = Path(tempfile.mkdtemp(dir=tempfile.gettempdir()))
+        for f in files:
+            (staging / f.relative_to(PACKAGE_ROOT)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, staging / f.relative_to(PACKAGE_ROOT))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            staging.rename(target)
+        except OSError:            # another process staged the same tree first
+            shutil.rmtree(staging)
+    return str(target)
+
+
+def _one_line(error: BaseException) -> str:
+    cause = getattr(error, "cause", None) or error
+    if isinstance(cause, (TandemConfigError, TandemError)):
+        return str(cause)
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _connect(address: str) -> str:
+    """Connect to Ray (starting a private head on 127.0.0.1 for ``local``); return the resource unit."""
+    global _ray_address
+    if ray.is_initialized() and _ray_address not in (None, address):
+        shutdown_ray()
+    if not ray.is_initialized():
+        # Ray ships local code only with the job's runtime_env, so Tandem's package rides on ray.init.
+        env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+        env["COMFYUI_PATH"] = comfyui_path()
+        runtime_env = {"py_modules": [stage_package()], "env_vars": env}
+        try:
+            if address == "local":
+                ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
+                         logging_level=logging.WARNING, runtime_env=runtime_env)
+            else:
+                ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
+        except Exception as e:
+            raise TandemError(f"cannot start or reach Ray at {address!r} ({_one_line(e)}): "
+                              "check the Ray address in Tandem Init, or use 'local'") from None
+        _ray_address = address
+    return "GPUs" if ray.cluster_resources().get("GPU", 0) >= 1 else "CPUs"
+
+
+class Group:
+    """N actors, rank i on bundle i of one placement group, all in one torch.distributed group."""
+
+    def __init__(self, config: GroupConfig):
+        self.config = config
+        self.unit = _connect(config.ray_address)
+        available = int(ray.available_resources().get(self.unit[:-1], 0))
+        validate_available(config, available, self.unit)
+        on_gpu = self.unit == "GPUs"
+        if not on_gpu:
+            log.warning("Tandem: Ray sees no GPU; starting %d CPU workers on gloo", config.gpu_count)
+        bundle = {"CPU": 1, "GPU": 1} if on_gpu else {"CPU": 1}
+        self.pg = placement_group([bundle] * config.gpu_count, strategy="PACK")
+        try:
+            ray.get(self.pg.ready(), timeout=config.timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            remove_placement_group(self.pg)
+            raise TandemError(f"Ray could not reserve {config.gpu_count} {self.unit} within {config.timeout_s} s: "
+                              "free them (another job holds them?) or lower GPU count") from None
+        threads = str(max(1, (os.cpu_count() or 1) // config.gpu_count))
+        runtime_env = {} if on_gpu else {"env_vars": {"OMP_NUM_THREADS": threads}}
+        remote = ray.remote(Worker)
+        self.actors = [
+            remote.options(num_cpus=1, num_gpus=1 if on_gpu else 0, max_concurrency=4, runtime_env=runtime_env,
+                           scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i)
+                           ).remote(i, config.as_dict())
+            for i in range(config.gpu_count)]
+        try:
+            host, port = self.get([self.actors[0].address.remote()])[0]
+            self.workers = self.get([a.join.remote(host, port) for a in self.actors])
+        except Exception:
+            self.stop()
+            raise
+        for warning in sorted({w for info in self.workers for w in info["warnings"]}):
+            log.warning("Tandem: %s", warning)
+
+    def get(self, refs: list, on_poll: Callable[[], None] | None = None) -> list:
+        """Results of one call on several actors, as one-line errors; never waits past the timeout.
+
+        When one rank fails while others keep running, those others are stuck in a collective: the group
+        is stopped (the next prompt starts a new one) instead of leaving them hanging.
+        """
+        deadline = time.monotonic() + self.config.timeout_s
+        pending, failed_at = list(refs), None
+        while pending:
+            done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.2)
+            for ref in done:
+                try:
+                    ray.get(ref)
+                except Exception as e:
+                    failed_at = failed_at or (time.monotonic(), e)
+            if failed_at and pending and time.monotonic() - failed_at[0] > ERROR_GRACE_S:
+                self.lose()
+                raise TandemError(f"{_one_line(failed_at[1])} (a worker failed mid-job; "
+                                  "the group was stopped and restarts on the next run)") from None
+            if pending and time.monotonic() > deadline:
+                self.lose()
+                raise TandemError(f"Tandem workers did not finish within {self.config.timeout_s} s; the group was "
+                                  "stopped: raise the collective timeout in Tandem Init or check the workers' log")
+            if pending and on_poll:
+                on_poll()
+        if failed_at:
+            error = failed_at[1]
+            if isinstance(getattr(error, "cause", None), BaseException) and \
+                    type(error.cause).__name__ == "InterruptProcessingException":
+                raise error.cause
+            if isinstance(error, ray.exceptions.RayActorError):
+                self.lose()
+                raise TandemError(f"a Tandem worker died ({_one_line(error)}): run again to restart the group")
+            raise TandemError(_one_line(error)) from None
+        return ray.get(refs)
+
+    def call(self, method: str, *args, on_poll: Callable[[], None] | None = None) -> list:
+        """Call ``method`` on every actor with the same arguments (put once in the object store)."""
+        refs = [ray.put(a) if not isinstance(a, (int, str, float, bool, tuple)) else a for a in args]
+        return self.get([getattr(actor, method).remote(*refs) for actor in self.actors], on_poll=on_poll)
+
+    def progress(self) -> tuple[int, int]:
+        """(step, total) of the current sampling job, as rank 0 reports it."""
+        return ray.get(self.actors[0].progress.remote(), timeout=10)
+
+    def interrupt(self) -> None:
+        """Ask every worker to stop; they all stop at the same step (see Worker._stop_requested)."""
+        for actor in self.actors:
+            actor.interrupt.remote()
+
+    def alive(self) -> bool:
+        try:
+            ray.get([a.ping.remote() for a in self.actors], timeout=30)
+            return True
+        except Exception:
+            return False
+
+    def stop(self) -> None:
+        for actor in self.actors if hasattr(self, "actors") else []:
+            ray.kill(actor)
+        remove_placement_group(self.pg)
+
+    def lose(self) -> None:
+        """Stop this group and make the next IS_CHANGED differ, so ComfyUI re-runs Tandem Init."""
+        global _current, _epoch
+        self.stop()
+        if _current is self:
+            _current = None
+        _epoch += 1
+
+
+def fingerprint(config: GroupConfig) -> str:
+    """Tandem Init's IS_CHANGED: equal while the group for ``config`` is (or can be) the one running."""
+    if _current is not None and _current.config == config and not _current.alive():
+        log.warning("Tandem: a worker of the running group died; restarting the group")
+        _current.lose()
+    return f"{config}#{_epoch}"
+
+
+def start(config: GroupConfig) -> Group:
+    """The running group if it has these settings and every actor answers, else a fresh one."""
+    global _current
+    validate(config)
+    if _current is not None:
+        if _current.config == config and _current.alive():
+            return _current
+        _current.lose()
+    _current = Group(config)
+    return _current
+
+
+def shutdown_ray() -> None:
+    """Disconnect from Ray (stopping the head if Tandem started it); never touch a Ray someone else started."""
+    global _ray_address
+    if _ray_address is not None and ray.is_initialized():
+        ray.shutdown()
+    _ray_address = None
+
+
+def shutdown() -> None:
+    """Tandem Shutdown: stop the group, and the Ray head if Tandem started it."""
+    global _current, _epoch
+    if _current is not None:
+        _current.stop()
+        _current = None
+    _epoch += 1
+    shutdown_ray()
