@@ -17,6 +17,14 @@ class SequenceShard:
     group: dist.ProcessGroup
     total: int | None = None          # true token count of the current forward, None between forwards
     seen_block_tokens: set = field(default_factory=set)   # local lengths blocks ran on (proof of the split)
+    attention_calls: int = 0                              # Ulysses exchanges run (proof attention used them)
+
+    def reset_stats(self) -> None:
+        self.seen_block_tokens.clear()
+        self.attention_calls = 0
+
+    def stats(self) -> dict:
+        return {"block_tokens": sorted(self.seen_block_tokens), "attention_calls": self.attention_calls}
 
     @property
     def size(self) -> int:

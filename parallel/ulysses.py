@@ -47,6 +47,7 @@ def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: 
 
     Padding tokens (past ``shard.total``) are dropped before ``attend`` so they never act as keys.
     """
+    shard.attention_calls += 1
     b, s, hd = q.shape
     qkv = torch.stack((q, k, v)).view(3, b, s, heads, hd // heads)
     q, k, v = tokens_to_heads(qkv, shard.group).narrow(3, 0, shard.total).unbind(0)

@@ -17,6 +17,9 @@ if "tandem" not in sys.modules:
     _spec = importlib.util.spec_from_file_location("tandem", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
     sys.modules["tandem"] = importlib.util.module_from_spec(_spec)
 
+from tandem.workers.comfyui import import_comfyui  # noqa: E402
+
+import_comfyui()
 from tandem.tests.server import ComfyServer  # noqa: E402
 
 
@@ -48,3 +51,21 @@ def comfy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServ
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def _tandem_session():
+    """Stops whatever Tandem group and Ray head the session's tests left running."""
+    from tandem.workers import group as groups
+
+    yield
+    groups.shutdown()
+
+
+@pytest.fixture
+def tandem_group(_tandem_session):
+    """The running 2-worker CPU group (Ulysses 2, gloo) in this process, started or reused by Tandem itself."""
+    from tandem.parallel.degrees import GroupConfig
+    from tandem.workers import group as groups
+
+    return groups.start(GroupConfig(gpu_count=2, ulysses_degree=2, timeout_s=60))

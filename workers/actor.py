@@ -84,7 +84,7 @@ class Worker:
         patcher = self.models[key]
         shard = self.shards.get(key)
         if shard is not None:
-            shard.seen_block_tokens.clear()
+            shard.reset_stats()
         self._interrupt.clear()
 
         def on_step(step, x0, x, total_steps):
@@ -93,7 +93,7 @@ class Worker:
                 raise comfy.model_management.InterruptProcessingException()
 
         samples = run_ksampler(patcher, request, on_step)
-        stats = {"rank": self.rank, "block_tokens": sorted(shard.seen_block_tokens) if shard else []}
+        stats = {"rank": self.rank, **(shard.stats() if shard else {})}
         return (samples.cpu() if self.rank == 0 else None), stats
 
     def _stop_requested(self) -> bool:

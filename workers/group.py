@@ -99,7 +99,7 @@ class Group:
     def __init__(self, config: GroupConfig):
         self.config = config
         self.unit = _connect(config.ray_address)
-        available = int(ray.available_resources().get(self.unit[:-1], 0))
+        available = int(ray.cluster_resources().get(self.unit[:-1], 0))
         validate_available(config, available, self.unit)
         on_gpu = self.unit == "GPUs"
         if not on_gpu:
@@ -215,7 +215,8 @@ def start(config: GroupConfig) -> Group:
     if _current is not None:
         if _current.config == config and _current.alive():
             return _current
-        _current.lose()
+        _current.stop()        # IS_CHANGED already differs: new settings, or fingerprint() saw a dead worker
+        _current = None
     _current = Group(config)
     return _current
 
@@ -236,3 +237,7 @@ def shutdown() -> None:
         _current = None
     _epoch += 1
     shutdown_ray()
+
+
+def current() -> "Group | None":
+    return _current

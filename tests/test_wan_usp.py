@@ -1,0 +1,67 @@
+"""Wan under Ulysses 2 on two gloo workers equals ComfyUI's KSamplerAdvanced in one process (fp32)."""
+import math
+
+import pytest
+import torch
+
+from tandem.tests.checkpoints import load_checkpoint
+from tandem.workers.sampling import SampleRequest
+
+STEPS = 4
+
+
+def conditioning(family: str, frames: int, height: int, width: int) -> tuple[list, list]:
+    """Distinct positive and negative text (CFG really mixes two branches); I2V adds image and CLIP-vision conds."""
+    import comfy.clip_vision
+
+    g = torch.Generator().manual_seed(7)
+    positive = [[torch.randn(1, 12, 4096, generator=g), {}]]
+    negative = [[torch.randn(1, 7, 4096, generator=g), {}]]
+    if family == "wan21_i2v":
+        mask = torch.ones(1, 1, frames, height, width)
+        mask[:, :, 0] = 0.0
+        image = {"concat_latent_image": torch.randn(1, 16, frames, height, width, generator=g), "concat_mask": mask,
+                 "clip_vision_output": comfy.clip_vision.Output()}
+        image["clip_vision_output"].penultimate_hidden_states = torch.randn(1, 257, 1280, generator=g)
+        for cond in (positive, negative):
+            cond[0][1].update(image)
+    return positive, negative
+
+
+def request(family, shape, sampler):
+    positive, negative = conditioning(family, *shape)
+    latent = {"samples": torch.zeros(1, 16, *shape)}
+    return SampleRequest(add_noise=True, noise_seed=42, steps=STEPS, cfg=5.0, sampler_name=sampler,
+                         scheduler="simple", positive=positive, negative=negative, latent=latent, start_at_step=0,
+                         end_at_step=10000, return_with_leftover_noise=False)
+
+
+def single_process(path, family, req: SampleRequest) -> torch.Tensor:
+    import nodes
+
+    model = load_checkpoint(path, family)
+    return nodes.KSamplerAdvanced().sample(
+        model, "enable", req.noise_seed, req.steps, req.cfg, req.sampler_name, req.scheduler, req.positive,
+        req.negative, req.latent, req.start_at_step, req.end_at_step, "disable")[0]["samples"]
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
+@pytest.mark.parametrize("shape", [(3, 8, 8), (3, 6, 10)], ids=["48-tokens", "45-tokens"])
+@pytest.mark.parametrize("family", ["wan21_t2v", "wan21_i2v"])
+def test_ulysses2_equals_single_process(tandem_group, checkpoint, family, shape, sampler):
+    path = str(checkpoint(family))
+    req = request(family, shape, sampler)
+    expected = single_process(path, family, req)
+
+    key = tandem_group.call("load", path, "default")[0]["key"]
+    (latent, stats0), (none, stats1) = tandem_group.call("sample", key, req)
+
+    assert none is None and latent.shape == expected.shape
+    error = ((latent - expected).norm() / expected.norm()).item()
+    print(f"{family} {shape} {sampler}: relative error {error:.2e}")
+    assert error < 1e-4
+
+    tokens = shape[0] * (shape[1] // 2) * (shape[2] // 2)
+    for stats in (stats0, stats1):                      # each rank's blocks saw half the tokens, never all
+        assert stats["block_tokens"] == [math.ceil(tokens / 2)]
+        assert stats["attention_calls"] >= STEPS * 2     # every self-attention went through the all-to-all
