@@ -2,6 +2,7 @@
 import logging
 import os
 import threading
+import time
 
 import comfy.model_management
 import comfy.sd
@@ -86,14 +87,21 @@ class Worker:
         if shard is not None:
             shard.reset_stats()
         self._interrupt.clear()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        step_ends = [time.perf_counter()]
 
         def on_step(step, x0, x, total_steps):
             self._progress = (step + 1, total_steps)
+            step_ends.append(time.perf_counter())
             if self._stop_requested():
                 raise comfy.model_management.InterruptProcessingException()
 
         samples = run_ksampler(patcher, request, on_step)
-        stats = {"rank": self.rank, **(shard.stats() if shard else {})}
+        stats = {"rank": self.rank, **(shard.stats() if shard else {}),
+                 "step_s": [b - a for a, b in zip(step_ends, step_ends[1:])]}
+        if self.device.type == "cuda":
+            stats["peak_vram_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         return (samples.cpu() if self.rank == 0 else None), stats
 
     def _stop_requested(self) -> bool:
