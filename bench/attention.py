@@ -63,10 +63,14 @@ def main():
 
     shard = SequenceShard(dist.group.WORLD, total=s)
     lq, lk, lv = (shard.split(t) for t in (q, k, v))
-    run_tandem = lambda: ulysses_attention(lq, lk, lv, h, shard, F.scaled_dot_product_attention)
-    ms = timed(run_tandem)
-    err = ((shard.gather(run_tandem()) - reference).float().norm() / reference.float().norm()).item()
-    rows.append((f"{world} GPUs: Tandem Ulysses (all-to-all → SDPA → all-to-all)", ms, err))
+    for chunks in (1, 2, 4):
+        if (h // world) % chunks:
+            continue
+        run = lambda: ulysses_attention(lq, lk, lv, h, shard, F.scaled_dot_product_attention, chunks=chunks)
+        ms = timed(run)
+        err = ((shard.gather(run()) - reference).float().norm() / reference.float().norm()).item()
+        rows.append((f"{world} GPUs: Tandem Ulysses, {chunks} head group(s) (all-to-all → SDPA → all-to-all)",
+                     ms, err))
 
     try:
         from xfuser.core.distributed import init_distributed_environment, initialize_model_parallel

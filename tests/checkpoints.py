@@ -5,7 +5,8 @@ diffusion model's ``state_dict()`` (no prefix), i.e. the real key layout that ``
 reads. ComfyUI's detection (``comfy/model_detection.py``) infers some dims from key shapes and hard-codes others,
 which decides whether a tiny file can be detected:
 
-- Wan 2.1 and HunyuanVideo: heads = hidden // 128, so hidden 256 gives 2 heads: the tiny file is detected.
+- Wan 2.1 and HunyuanVideo: heads = hidden // 128, so hidden 256 gives 2 heads: the tiny file is detected
+  (``wan21_t2v_3heads``: hidden 384, 3 heads, which no Ulysses degree above 1 but 3 divides).
 - Flux: detection fixes num_heads = 24 and the rope axes sum to 128, so hidden must be 3072 (one double block is
   already ~340M params). The tiny file keeps the real keys but must be loaded with its explicit config
   (``load_checkpoint``); ``detection_state_dict`` gives the same layout at detectable width on the meta device.
@@ -55,6 +56,8 @@ _QWEN = dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channel
 
 FAMILIES: dict[str, Family] = {
     "wan21_t2v": Family(comfy.supported_models.WAN21_T2V, _WAN, True, (1, 16, 1, 8, 8), 4096),
+    "wan21_t2v_3heads": Family(comfy.supported_models.WAN21_T2V, {**_WAN, "dim": 384, "num_heads": 3}, True,
+                               (1, 16, 1, 8, 8), 4096),
     "wan21_i2v": Family(comfy.supported_models.WAN21_I2V, {**_WAN, "model_type": "i2v", "in_dim": 36}, True,
                         (1, 16, 1, 8, 8), 4096),
     "hunyuan_video": Family(

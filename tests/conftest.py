@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+TEST_NODES = ROOT / "tests" / "comfy_nodes" / "tandem_test_nodes"
 os.environ.setdefault("COMFYUI_PATH", str(ROOT / ".comfyui"))
 if "tandem" not in sys.modules:
     _spec = importlib.util.spec_from_file_location("tandem", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
@@ -43,8 +44,10 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
     """One real ComfyUI server for the whole session (startup is slow), SHARED by every test that uses it:
-    tests may add files under ``diffusion_models_dir`` and queue prompts, but must not stop or reconfigure it."""
-    server = ComfyServer(Path(os.environ["COMFYUI_PATH"]), ROOT, tmp_path_factory.mktemp("comfyui"))
+    tests may add files under ``diffusion_models_dir`` and queue prompts, but must not stop or reconfigure it.
+    Besides Tandem it loads ``tests/comfy_nodes/tandem_test_nodes`` (a stand-in text encoder for CI)."""
+    server = ComfyServer(Path(os.environ["COMFYUI_PATH"]), ROOT, tmp_path_factory.mktemp("comfyui"),
+                         extra_nodes=[TEST_NODES])
     server.start()
     print(f"ComfyUI answered after {server.startup_s:.1f} s at {server.url}, log: {server.log_path}")
     try:

@@ -2,7 +2,7 @@
 
 The server gets its own ``--base-directory`` so it sees only our ``custom_nodes`` and ``models`` folders, never the
 ones inside the ComfyUI tree (setup.sh links Tandem there too; loading it twice would hide bugs). Tandem is linked
-as ``custom_nodes/ComfyUI-Tandem`` to prove that any clone name works.
+as ``custom_nodes/ComfyUI-Tandem`` to prove that any clone name works; test-only node packages are linked beside it.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 STARTUP_TIMEOUT_S = 120.0
@@ -27,17 +28,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class ServerError(RuntimeError):
+    """An HTTP error answer; ``body`` is its JSON (for /prompt: ComfyUI's validation ``node_errors``)."""
+
+    def __init__(self, path: str, code: int, text: str) -> None:
+        super().__init__(f"{path} answered {code}: {text}")
+        self.code = code
+        try:
+            self.body = json.loads(text)
+        except json.JSONDecodeError:
+            self.body = None
+
+
 class ComfyServer:
     """One ComfyUI process: start it, talk to its HTTP API, read its log, stop it."""
 
-    def __init__(self, comfyui_path: Path, repo_root: Path, base_dir: Path, python: str = sys.executable) -> None:
+    def __init__(self, comfyui_path: Path, repo_root: Path, base_dir: Path, python: str = sys.executable,
+                 extra_nodes: Iterable[Path] = ()) -> None:
         self.base_dir = Path(base_dir)
         self.custom_nodes_dir = self.base_dir / "custom_nodes"
         self.diffusion_models_dir = self.base_dir / "models" / "diffusion_models"
+        self.output_dir = self.base_dir / "output"
         self.log_path = self.base_dir / "comfyui.log"
         self.custom_nodes_dir.mkdir(parents=True, exist_ok=True)
         self.diffusion_models_dir.mkdir(parents=True, exist_ok=True)
         (self.custom_nodes_dir / CLONE_NAME).symlink_to(Path(repo_root).resolve(), target_is_directory=True)
+        for package in extra_nodes:
+            (self.custom_nodes_dir / Path(package).name).symlink_to(Path(package).resolve(), target_is_directory=True)
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.command = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
@@ -90,7 +107,7 @@ class ComfyServer:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as e:
-            raise RuntimeError(f"{path} answered {e.code}: {e.read().decode(errors='replace')}") from None
+            raise ServerError(path, e.code, e.read().decode(errors="replace")) from None
 
     def object_info(self) -> dict:
         return self._request("/object_info")
@@ -99,16 +116,29 @@ class ComfyServer:
         """Queue an API-format workflow; a validation error raises with ComfyUI's node_errors."""
         return self._request("/prompt", {"prompt": workflow, "client_id": uuid.uuid4().hex})["prompt_id"]
 
-    def wait(self, prompt_id: str, timeout: float = 300.0) -> dict:
-        """Poll ``/history/<id>`` until the prompt finished; return its history entry or raise with the log."""
+    def finished(self, prompt_id: str, timeout: float = 300.0) -> dict:
+        """Poll ``/history/<id>`` until the prompt finished, successfully or not; return its history entry."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             entry = self._request(f"/history/{prompt_id}").get(prompt_id)
             if entry is not None:  # ComfyUI adds the entry only once the prompt has finished
-                status = entry.get("status") or {}
-                if status.get("status_str") != "success":
-                    messages = json.dumps(status.get("messages"), indent=1)
-                    raise RuntimeError(f"prompt {prompt_id} failed: {messages}\n--- server log ---\n{self.log_tail()}")
                 return entry
             time.sleep(0.5)
         raise TimeoutError(f"prompt {prompt_id} not done after {timeout:.0f} s\n--- server log ---\n{self.log_tail()}")
+
+    def wait(self, prompt_id: str, timeout: float = 300.0) -> dict:
+        """The history entry of a prompt that must succeed; raise with its messages and the log otherwise."""
+        entry = self.finished(prompt_id, timeout)
+        status = entry.get("status") or {}
+        if status.get("status_str") != "success":
+            messages = json.dumps(status.get("messages"), indent=1)
+            raise RuntimeError(f"prompt {prompt_id} failed: {messages}\n--- server log ---\n{self.log_tail()}")
+        return entry
+
+    def wait_error(self, prompt_id: str, timeout: float = 300.0) -> dict:
+        """The ``execution_error`` message (node_type, exception_message, ...) of a prompt that must fail."""
+        entry = self.finished(prompt_id, timeout)
+        errors = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
+        if not errors:
+            raise AssertionError(f"prompt {prompt_id} did not fail: {json.dumps(entry['status'], indent=1)}")
+        return errors[0]

@@ -1,7 +1,10 @@
 """Tandem loads into a real ComfyUI server (under a clone name other than ``tandem``) and exposes its nodes."""
 import re
+from pathlib import Path
 
 from tandem.tests.server import CLONE_NAME, ComfyServer
+
+TEST_NODES_NAME = "tandem_test_nodes"   # conftest links tests/comfy_nodes/tandem_test_nodes beside Tandem
 
 EXPECTED_INPUTS = {
     "KSamplerAdvanced": ["model", "add_noise", "noise_seed", "steps", "cfg", "sampler_name", "scheduler", "positive",
@@ -10,6 +13,7 @@ EXPECTED_INPUTS = {
                    "fsdp_cpu_offload", "attention", "timeout_s"],
     "TandemShutdown": [],
     "TandemModelLoader": ["unet_name", "weight_dtype", "group"],
+    "TandemTestConditioning": ["seed", "tokens", "width"],
     "XFuserKSamplerAdvanced": ["model", "add_noise", "noise_seed", "steps", "cfg", "sampler_name", "scheduler",
                                "positive", "negative", "latent_image", "start_at_step", "end_at_step",
                                "return_with_leftover_noise"],
@@ -21,9 +25,10 @@ def test_tandem_imports_once_under_its_clone_name(comfy_server: ComfyServer) -> 
     log = comfy_server.log_text()
     loaded = [line for line in log.splitlines() if re.search(r"seconds.*: .*custom_nodes", line)]
     assert any(line.rstrip().endswith(f"custom_nodes/{CLONE_NAME}") for line in loaded), log
-    ours = [line for line in log.splitlines() if CLONE_NAME in line]
+    ours = [line for line in log.splitlines() if CLONE_NAME in line or TEST_NODES_NAME in line]
     assert not [line for line in ours if "IMPORT FAILED" in line or "Cannot import" in line], log
-    assert len(loaded) == 1, f"only our custom_nodes folder may be loaded, got {loaded}"
+    folders = sorted(Path(line.split(": ", 1)[1].strip()).name for line in loaded)
+    assert folders == sorted([CLONE_NAME, TEST_NODES_NAME]), f"only our custom_nodes folders may load, got {loaded}"
 
 
 def test_object_info_lists_nodes(comfy_server: ComfyServer) -> None:
