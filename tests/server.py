@@ -109,6 +109,11 @@ class ComfyServer:
         except urllib.error.HTTPError as e:
             raise ServerError(path, e.code, e.read().decode(errors="replace")) from None
 
+    def fetch(self, path: str) -> tuple[bytes, str]:
+        """A plain GET (static files such as templates): the body and its content type."""
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return response.read(), response.headers.get_content_type()
+
     def object_info(self) -> dict:
         return self._request("/object_info")
 

@@ -1,0 +1,76 @@
+"""Bundled workflows: ComfyUI's template browser lists and serves them under Tandem's folder, and each one uses only
+node types, inputs and widget values that this ComfyUI with Tandem offers (so it opens and queues without red nodes).
+"""
+import json
+from pathlib import Path
+
+import folder_paths
+import pytest
+
+from tandem.tests.server import CLONE_NAME, ComfyServer
+
+WORKFLOWS = sorted((Path(__file__).resolve().parent.parent / "workflows").glob("*.json"))
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+SEED_CONTROLS = {"fixed", "increment", "decrement", "randomize"}
+
+
+def test_wan_template_is_bundled():
+    assert "wan21_t2v_tandem" in [path.stem for path in WORKFLOWS]
+
+
+def test_templates_listed_and_served(comfy_server: ComfyServer):
+    listed = json.loads(comfy_server.fetch("/workflow_templates")[0])
+    assert sorted(listed.get(CLONE_NAME, [])) == [path.stem for path in WORKFLOWS], listed
+    for path in WORKFLOWS:
+        served, _ = comfy_server.fetch(f"/api/workflow_templates/{CLONE_NAME}/{path.name}")
+        assert json.loads(served) == json.loads(path.read_text())
+        preview, kind = comfy_server.fetch(f"/api/workflow_templates/{CLONE_NAME}/{path.stem}.jpg")
+        assert kind == "image/jpeg" and preview[:3] == b"\xff\xd8\xff" and len(preview) < 100_000
+
+
+def widgets(node_info: dict) -> list[tuple[str, list]]:
+    """(name, spec) of a node type's widgets in the order the frontend stores widgets_values."""
+    found = []
+    for section in ("required", "optional"):
+        for name in node_info["input_order"].get(section, []):
+            spec = node_info["input"][section][name]
+            if isinstance(spec[0], list) or spec[0] in WIDGET_TYPES:
+                found.append((name, spec))
+                if len(spec) > 1 and spec[1].get("control_after_generate"):
+                    found.append(("control_after_generate", [sorted(SEED_CONTROLS)]))
+    return found
+
+
+def declared_inputs(node_info: dict) -> dict:
+    return {**node_info["input"].get("required", {}), **node_info["input"].get("optional", {})}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[path.stem for path in WORKFLOWS])
+def test_template_matches_object_info(comfy_server: ComfyServer, path: Path):
+    workflow = json.loads(path.read_text())
+    info = comfy_server.object_info()
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    unknown = sorted({node["type"] for node in nodes.values()} - set(info))
+    assert not unknown, f"node types not in /object_info: {unknown}"
+
+    for node in nodes.values():
+        where = f"node {node['id']} ({node['type']})"
+        expected = widgets(info[node["type"]])
+        assert len(node["widgets_values"]) == len(expected), f"{where}: widgets {[n for n, _ in expected]}"
+        for (name, spec), value in zip(expected, node["widgets_values"]):
+            options = spec[0] if isinstance(spec[0], list) else spec[1].get("options") if spec[0] == "COMBO" else None
+            model_file = isinstance(value, str) and value.endswith(tuple(folder_paths.supported_pt_extensions))
+            if options is not None and not model_file:   # model files are the user's to download
+                assert value in options, f"{where}: {name}={value!r} not in {options}"
+        for slot in node["inputs"]:
+            assert slot["name"] in declared_inputs(info[node["type"]]), f"{where}: no input {slot['name']!r}"
+        linked = {slot["name"] for slot in node["inputs"] if slot["link"] is not None}
+        required = {name for name, spec in info[node["type"]]["input"]["required"].items()
+                    if not isinstance(spec[0], list) and spec[0] not in WIDGET_TYPES}
+        assert required <= linked, f"{where}: required inputs not connected: {required - linked}"
+
+    for link_id, src, src_slot, dst, dst_slot, kind in workflow["links"]:
+        target = nodes[dst]["inputs"][dst_slot]
+        assert target["link"] == link_id and link_id in nodes[src]["outputs"][src_slot]["links"]
+        assert info[nodes[src]["type"]]["output"][src_slot] == kind, f"link {link_id}: output is not {kind}"
+        assert declared_inputs(info[nodes[dst]["type"]])[target["name"]][0] == kind, f"link {link_id}: input not {kind}"
