@@ -2,6 +2,7 @@
 from dataclasses import dataclass
 
 import folder_paths
+import safetensors
 
 from ..workers.actor import WEIGHT_DTYPES
 from ..workers.group import Group, TandemError
@@ -14,6 +15,21 @@ class TandemModel:
     group: Group
     key: tuple
     model_type: str
+
+
+def check_readable(path: str, name: str) -> None:
+    """Read a safetensors header here, once, so a truncated download fails with a fix instead of in N workers.
+
+    safetensors checks that the header's tensors fit in the file, which catches an interrupted download.
+    """
+    if not path.lower().endswith((".safetensors", ".sft")):
+        return
+    try:
+        with safetensors.safe_open(path, framework="pt"):
+            pass
+    except Exception as e:
+        raise TandemError(f"model file {name!r} is not a readable safetensors file ({e}): it is probably "
+                          "incomplete or corrupt; download it again") from None
 
 
 class TandemModelLoader:
@@ -37,5 +53,6 @@ class TandemModelLoader:
         if path is None:
             raise TandemError(f"model file {unet_name!r} is not in ComfyUI's diffusion_models folders: "
                               "put it there or pick another file")
+        check_readable(path, unet_name)
         info = group.call("load", path, weight_dtype)[0]
         return (TandemModel(group, info["key"], info["model"]),)

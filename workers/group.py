@@ -66,8 +66,8 @@ def _one_line(error: BaseException) -> str:
     cause = getattr(error, "cause", None) or error
     if isinstance(cause, (TandemConfigError, TandemError)):
         return str(cause)
-    text = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {text[0] if text else ''}".rstrip(": ")
+    text = " ".join(line.strip() for line in str(cause).splitlines() if line.strip())
+    return f"{type(cause).__name__}: {text}".rstrip(": ")
 
 
 def _connect(address: str) -> str:
