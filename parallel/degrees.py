@@ -68,12 +68,10 @@ def _validate_available_modes(config: GroupConfig) -> None:
         raise TandemConfigError("Ring attention is not available yet: set Ring degree to 1.")
     if config.cfg_degree > 1:
         raise TandemConfigError("CFG-parallel is not available yet: set CFG degree to 1.")
-    if config.fsdp:
-        raise TandemConfigError("FSDP is not available yet: turn FSDP off.")
-    if config.dp_degree > 1:
+    if config.dp_degree > 1 and not config.fsdp:
         raise TandemConfigError(
             f"Data parallel is not available yet: set Ulysses degree × Ring degree × CFG degree = GPU count "
-            f"({config.gpu_count}).")
+            f"({config.gpu_count}), or turn FSDP on to shard the weights over the GPUs.")
 
 
 def validate_available(config: GroupConfig, available: int, unit: str) -> None:

@@ -56,6 +56,10 @@ _QWEN = dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channel
 
 FAMILIES: dict[str, Family] = {
     "wan21_t2v": Family(comfy.supported_models.WAN21_T2V, _WAN, True, (1, 16, 1, 8, 8), 4096),
+    # ~420 MB: big enough that a private copy per worker shows clearly in the host-memory test
+    "wan21_t2v_420mb": Family(comfy.supported_models.WAN21_T2V,
+                              {**_WAN, "dim": 1024, "ffn_dim": 4096, "num_heads": 8, "num_layers": 6}, True,
+                              (1, 16, 1, 8, 8), 4096),
     "wan21_t2v_3heads": Family(comfy.supported_models.WAN21_T2V, {**_WAN, "dim": 384, "num_heads": 3}, True,
                                (1, 16, 1, 8, 8), 4096),
     "wan21_i2v": Family(comfy.supported_models.WAN21_I2V, {**_WAN, "model_type": "i2v", "in_dim": 36}, True,

@@ -5,15 +5,17 @@ import threading
 import time
 
 import comfy.model_management
+import comfy.model_patcher
 import comfy.sd
 import ray
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
 
 from ..models import adapter_for
-from ..parallel import process_group
+from ..parallel import fsdp, process_group, weights
 from ..parallel.attention import resolve_backend
-from ..parallel.degrees import GroupConfig, validate_heads
+from ..parallel.degrees import GroupConfig, TandemConfigError, validate_heads
 from ..parallel.sequence import SequenceShard
 from .sampling import SampleRequest, run_ksampler
 
@@ -54,6 +56,7 @@ class Worker:
         process_group.join(host, port, self.rank, self.config.world_size, self.device, self.config.timeout_s)
         process_group.self_test(self.device, self.config.timeout_s)
         self.sequence_group = process_group.sequence_group(self.config, self.rank)
+        self.mesh = init_device_mesh(self.device.type, (self.config.world_size,)) if self.config.fsdp else None
         self.attend, warning = resolve_backend(self.config.attention, self.device)
         if warning:
             self.warnings.append(warning)
@@ -64,21 +67,47 @@ class Worker:
         return os.getpid()
 
     def load(self, path: str, weight_dtype: str) -> dict:
-        """Load (or reuse) a diffusion model with ComfyUI's loader and make it sequence-parallel."""
+        """Load (or reuse) a diffusion model, weights once per host, prepared for this group's parallel layout."""
         stat = os.stat(path)
         key = (path, weight_dtype, stat.st_size, stat.st_mtime_ns)
         if key not in self.models:
-            patcher = comfy.sd.load_diffusion_model(path, model_options=model_options(weight_dtype))
-            diffusion_model = patcher.model.diffusion_model
-            if self.sequence_group is not None:
-                adapter = adapter_for(diffusion_model)
-                validate_heads(self.config.ulysses_degree, adapter.num_heads(diffusion_model))
-                shard = SequenceShard(self.sequence_group)
-                adapter.install_sequence_parallel(diffusion_model, shard, self.attend)
-                self.shards[key] = shard
-            self.models[key] = patcher
+            patcher, shard = self._load(path, model_options(weight_dtype))
+            self.models[key], self.shards[key] = patcher, shard
         patcher = self.models[key]
-        return {"key": key, "model": type(patcher.model.model_config).__name__}
+        return {"key": key, "model": type(patcher.model.model_config).__name__,
+                "local_params": sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+                                    for p in patcher.model.diffusion_model.parameters())}
+
+    def _load(self, path: str, options: dict) -> tuple[comfy.model_patcher.ModelPatcher, SequenceShard | None]:
+        sd, metadata = weights.open_checkpoint(path)
+        model, sd = weights.build_on_meta(sd, metadata, options)
+        if model is None:
+            if self.config.fsdp:
+                raise TandemConfigError(f"{os.path.basename(path)} is not in a layout ComfyUI detects from its keys, "
+                                        "which FSDP needs: turn FSDP off for this model")
+            patcher = comfy.sd.load_diffusion_model(path, model_options=options)   # ComfyUI's own (diffusers) path
+            diffusion_model = patcher.model.diffusion_model
+        else:
+            patcher, diffusion_model = None, model.diffusion_model
+        shard = None
+        if self.sequence_group is not None:
+            adapter = adapter_for(diffusion_model)
+            validate_heads(self.config.ulysses_degree, adapter.num_heads(diffusion_model))
+            shard = SequenceShard(self.sequence_group)
+            adapter.install_sequence_parallel(diffusion_model, shard, self.attend)
+        if patcher is None:
+            if self.config.fsdp:
+                fsdp.shard(diffusion_model, fsdp.transformer_blocks(diffusion_model), self.mesh,
+                           self.config.fsdp_cpu_offload)
+                diffusion_model.to_empty(device="cpu" if self.config.fsdp_cpu_offload else self.device)
+            missing = weights.materialize(diffusion_model, sd, self.device)
+            if missing:
+                raise TandemConfigError(f"{os.path.basename(path)} lacks {len(missing)} weights that ComfyUI's "
+                                        f"{type(model.model_config).__name__} needs (e.g. {missing[0]}): "
+                                        "it is incomplete or not this kind of model")
+            model.device = self.device
+            patcher = weights.ResidentModelPatcher(model, load_device=self.device, offload_device=self.device)
+        return patcher, shard
 
     def sample(self, key: tuple, request: SampleRequest) -> tuple[torch.Tensor | None, dict]:
         """Run ComfyUI's sampler; rank 0 returns the latent, every rank returns what it computed on."""

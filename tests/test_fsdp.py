@@ -1,0 +1,65 @@
+"""FSDP2 (alone, with Ulysses, with CPU offload) equals single-process ComfyUI, holds half the weights per worker,
+and no mode keeps a private host copy of the weights (weights once per host)."""
+import pytest
+import torch
+
+from tandem.parallel.degrees import GroupConfig
+from tandem.tests.checkpoints import build_model
+from tandem.tests.test_wan_usp import request, single_process
+from tandem.workers import group as groups
+
+SHAPE = (3, 6, 10)      # 45 tokens: odd, so Ulysses pads
+MODES = {
+    "fsdp": GroupConfig(gpu_count=2, ulysses_degree=1, fsdp=True, timeout_s=60),
+    "ulysses2+fsdp": GroupConfig(gpu_count=2, ulysses_degree=2, fsdp=True, timeout_s=60),
+    "fsdp+offload": GroupConfig(gpu_count=2, ulysses_degree=1, fsdp=True, fsdp_cpu_offload=True, timeout_s=60),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_fsdp_equals_single_process_and_shards_weights(_tandem_session, checkpoint, mode):
+    path = str(checkpoint("wan21_t2v"))
+    req = request("wan21_t2v", SHAPE, "dpmpp_2m")
+    expected = single_process(path, "wan21_t2v", req)
+
+    group = groups.start(MODES[mode])
+    infos = group.call("load", path, "default")
+    (latent, _), (none, _) = group.call("sample", infos[0]["key"], req)
+
+    error = ((latent - expected).norm() / expected.norm()).item()
+    print(f"{mode}: relative error {error:.2e}, local parameters {[i['local_params'] for i in infos]}")
+    assert none is None and error < 1e-4
+    total = sum(p.numel() for p in build_model("wan21_t2v").model.diffusion_model.parameters())
+    for info in infos:                                  # each worker holds its half of every sharded tensor
+        assert 0.45 * total <= info["local_params"] <= 0.55 * total
+    assert sum(i["local_params"] for i in infos) == pytest.approx(total, rel=0.01)
+
+
+def anonymous_kb(pid: int) -> int:
+    """Private anonymous memory of a process: what a per-worker copy of the weights would add to."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Anonymous:"))
+
+
+@pytest.mark.parametrize("mode", ["ulysses2", "fsdp"])
+def test_loading_keeps_no_private_copy(_tandem_session, checkpoint, mode):
+    """Sum over workers of anonymous memory added by loading a ~420 MB file ≤ 0.3 × file size.
+
+    On CPU an FSDP worker's own shard necessarily lives in host RAM (on a GPU it is VRAM), so that mode counts
+    what loading adds beyond the rank's shard.
+    """
+    path = checkpoint("wan21_t2v_420mb")
+    size_kb = path.stat().st_size // 1024
+    config = GroupConfig(gpu_count=2, ulysses_degree=2 if mode == "ulysses2" else 1, fsdp=mode == "fsdp",
+                         timeout_s=60)
+    group = groups.start(config)
+    pids = [w["pid"] for w in group.workers]
+    before = [anonymous_kb(pid) for pid in pids]
+    infos = group.call("load", str(path), "default")
+    added = [anonymous_kb(pid) - b for pid, b in zip(pids, before)]
+    shard_kb = [i["local_params"] * 4 // 1024 if mode == "fsdp" else 0 for i in infos]   # fp32 weights
+    extra = sum(a - s for a, s in zip(added, shard_kb))
+    print(f"{mode}: file {size_kb / 1024:.0f} MB, anonymous memory added per worker "
+          f"{[round(a / 1024) for a in added]} MB, own shards {[round(s / 1024) for s in shard_kb]} MB, "
+          f"beyond shards {extra / 1024:.0f} MB = {extra / size_kb:.2f} × file")
+    assert extra <= 0.3 * size_kb
