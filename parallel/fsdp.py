@@ -6,17 +6,38 @@ blocks keep their majority dtype sharded and the others (scales, biases) replica
 from collections import Counter
 
 import torch
+import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
+from torch.distributed.fsdp._fully_shard._fsdp_api import AllGather
 
 
 def _odd_dtype_params(module: torch.nn.Module, skip: set[int]) -> set[torch.nn.Parameter]:
-    """Parameters of ``module`` (outside already-sharded submodules) whose dtype is not the majority's."""
+    """Parameters of ``module`` (outside already-sharded submodules) whose dtype holds fewer elements than another's."""
     params = [p for p in module.parameters() if id(p) not in skip]
     if not params:
         return set()
-    majority = Counter(p.dtype for p in params).most_common(1)[0][0]
+    elements = Counter()
+    for p in params:
+        elements[p.dtype] += p.numel()
+    majority = elements.most_common(1)[0][0]
     return {p for p in params if p.dtype != majority}
+
+
+# torch ≥ 2.13 renamed all_gather_into_tensor; the GPU image has torch 2.11.
+_all_gather = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
+
+
+class ByteAllGather(AllGather):
+    """FSDP2's all-gather on the bytes of the shards: gloo has no float8 dtype, and bytes are exact for any dtype."""
+
+    def allocate(self, size, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        return torch.empty(*size, dtype=dtype, device=device)
+
+    def __call__(self, output_tensor: torch.Tensor, input_tensor: torch.Tensor, group: dist.ProcessGroup,
+                 async_op: bool = False) -> dist.Work | None:
+        return _all_gather(output_tensor.view(torch.uint8), input_tensor.view(torch.uint8), group=group,
+                           async_op=async_op)
 
 
 def transformer_blocks(root: torch.nn.Module) -> list[torch.nn.Module]:
@@ -34,9 +55,17 @@ def shard(root: torch.nn.Module, blocks: list[torch.nn.Module], mesh: DeviceMesh
     policy = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cpu_offload else OffloadPolicy()
     done: set[int] = set()
     for block in blocks:
-        fully_shard(block, mesh=mesh, offload_policy=policy, ignored_params=_odd_dtype_params(block, done))
+        _shard_one(block, mesh, policy, _odd_dtype_params(block, done))
         done |= {id(p) for p in block.parameters()}
-    fully_shard(root, mesh=mesh, offload_policy=policy, reshard_after_forward=False,
-                ignored_params=_odd_dtype_params(root, done))
+    _shard_one(root, mesh, policy, _odd_dtype_params(root, done), reshard_after_forward=False)
     for block, following in zip(blocks, blocks[1:]):
         block.set_modules_to_forward_prefetch([following])
+
+
+def _shard_one(module: torch.nn.Module, mesh: DeviceMesh, policy: OffloadPolicy, replicated: set,
+               reshard_after_forward: bool = True) -> None:
+    sharded_dtypes = {p.dtype for p in module.parameters() if p not in replicated}
+    fully_shard(module, mesh=mesh, offload_policy=policy, ignored_params=replicated,
+                reshard_after_forward=reshard_after_forward)
+    if any(dtype.itemsize == 1 and dtype.is_floating_point for dtype in sharded_dtypes):
+        module.set_custom_all_gather(ByteAllGather())

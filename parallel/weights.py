@@ -47,6 +47,10 @@ def build_on_meta(sd: dict, metadata: dict | None,
     return model_config.get_model(sd, "", device="meta"), model_config.process_unet_state_dict(sd)
 
 
+# Tensors ComfyUI's ops create with a fixed value when a file lacks them (scaled-fp8 layers' scales are 1).
+CONSTRUCTED_DEFAULTS = {"scale_weight": 1.0, "scale_input": 1.0}
+
+
 def _place(source: torch.Tensor, like: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``source`` as a tensor of ``like``'s dtype on ``device``; the mmap view itself when nothing changes."""
     if device.type == "cpu" and source.dtype == like.dtype:
@@ -62,10 +66,12 @@ def materialize(module: torch.nn.Module, sd: dict, device: torch.device) -> list
     """
     missing = []
     for name, tensor in list(module.state_dict(keep_vars=True).items()):
+        owner_name, _, attr = name.rpartition(".")
+        if name not in sd and attr in CONSTRUCTED_DEFAULTS and not isinstance(tensor, DTensor):
+            sd[name] = torch.full(tensor.shape, CONSTRUCTED_DEFAULTS[attr], dtype=tensor.dtype)
         if name not in sd:
             missing.append(name)
             continue
-        owner_name, _, attr = name.rpartition(".")
         owner = module.get_submodule(owner_name)
         if isinstance(tensor, DTensor):
             _fill_shard(tensor, sd[name])

@@ -45,6 +45,7 @@ class Family:
     extra_cond: tuple[str, ...] = ()   # conditioning keys the model needs besides the text context
     dtype: torch.dtype = torch.float32
     detect_overrides: dict = field(default_factory=dict)  # unet_config changes that make the layout detectable
+    scaled_fp8: bool = False     # ComfyUI's "scaled fp8" file: fp8 Linear weights, fp32 scales, fp16 biases
 
 
 _WAN = dict(image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), in_dim=16, dim=256, ffn_dim=512,
@@ -60,6 +61,8 @@ FAMILIES: dict[str, Family] = {
     "wan21_t2v_420mb": Family(comfy.supported_models.WAN21_T2V,
                               {**_WAN, "dim": 1024, "ffn_dim": 4096, "num_heads": 8, "num_layers": 6}, True,
                               (1, 16, 1, 8, 8), 4096),
+    "wan21_t2v_scaled_fp8": Family(comfy.supported_models.WAN21_T2V, _WAN, True, (1, 16, 1, 8, 8), 4096,
+                                   scaled_fp8=True),
     "wan21_t2v_3heads": Family(comfy.supported_models.WAN21_T2V, {**_WAN, "dim": 384, "num_heads": 3}, True,
                                (1, 16, 1, 8, 8), 4096),
     "wan21_i2v": Family(comfy.supported_models.WAN21_I2V, {**_WAN, "model_type": "i2v", "in_dim": 36}, True,
@@ -119,10 +122,30 @@ def build_model(family: str, seed: int = 0) -> comfy.model_patcher.ModelPatcher:
     return _patcher(model)
 
 
+def _scaled_fp8(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The layout ComfyUI's scaled-fp8 loader reads: every Linear weight as float8_e4m3fn with an fp32
+    ``scale_weight`` beside it, Linear biases in fp16, the rest fp32, and the ``scaled_fp8`` marker key."""
+    out = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
+    linear = {k.rsplit(".", 1)[0] for k, v in state_dict.items() if k.endswith(".weight") and v.ndim == 2}
+    for key, value in state_dict.items():
+        layer, _, kind = key.rpartition(".")
+        if layer in linear and kind == "weight":
+            scale = value.abs().max() / 448.0
+            out[key] = (value / scale).to(torch.float8_e4m3fn)
+            out[f"{layer}.scale_weight"] = scale.float().reshape(())
+        elif layer in linear and kind == "bias":
+            out[key] = value.half()
+        else:
+            out[key] = value
+    return out
+
+
 def make_checkpoint(family: str, directory: Path, seed: int = 0) -> Path:
     """Write ``<directory>/tiny_<family>.safetensors`` with seeded random weights and return its path."""
     model = build_model(family, seed).model.diffusion_model
     state_dict = {k: v.detach().to(FAMILIES[family].dtype).contiguous() for k, v in model.state_dict().items()}
+    if FAMILIES[family].scaled_fp8:
+        state_dict = _scaled_fp8(state_dict)
     path = Path(directory) / f"tiny_{family}.safetensors"
     save_file(state_dict, str(path))
     return path

@@ -63,3 +63,20 @@ def test_loading_keeps_no_private_copy(_tandem_session, checkpoint, mode):
           f"{[round(a / 1024) for a in added]} MB, own shards {[round(s / 1024) for s in shard_kb]} MB, "
           f"beyond shards {extra / 1024:.0f} MB = {extra / size_kb:.2f} × file")
     assert extra <= 0.3 * size_kb
+
+
+@pytest.mark.parametrize("ulysses", [1, 2])
+def test_scaled_fp8_checkpoint_under_fsdp(_tandem_session, checkpoint, ulysses):
+    """Mixed dtypes in every block (fp8 weights, fp32 scales, fp16 biases): shard the fp8, replicate the rest,
+    never upcast the model, and sample what single-process ComfyUI samples."""
+    path = str(checkpoint("wan21_t2v_scaled_fp8"))
+    req = request("wan21_t2v", SHAPE, "euler")
+    expected = single_process(path, "wan21_t2v_scaled_fp8", req)
+
+    group = groups.start(GroupConfig(gpu_count=2, ulysses_degree=ulysses, fsdp=True, timeout_s=60))
+    infos = group.call("load", path, "default")
+    (latent, _), _ = group.call("sample", infos[0]["key"], req)
+    error = ((latent - expected).norm() / expected.norm()).item()
+    print(f"scaled fp8, Ulysses {ulysses} + FSDP: relative error {error:.2e}, dtypes {infos[0]['dtypes']}")
+    assert error < 1e-4
+    assert "torch.float8_e4m3fn" in infos[0]["dtypes"]          # the weights stayed fp8

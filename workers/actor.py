@@ -71,12 +71,18 @@ class Worker:
         stat = os.stat(path)
         key = (path, weight_dtype, stat.st_size, stat.st_mtime_ns)
         if key not in self.models:
-            patcher, shard = self._load(path, model_options(weight_dtype))
+            try:
+                patcher, shard = self._load(path, model_options(weight_dtype))
+            except torch.OutOfMemoryError:
+                raise TandemConfigError(
+                    f"{os.path.basename(path)} does not fit in this GPU's memory: turn FSDP on in Tandem Init "
+                    "(and CPU offload if that is not enough), or pick an fp8 weight dtype") from None
             self.models[key], self.shards[key] = patcher, shard
         patcher = self.models[key]
+        params = list(patcher.model.diffusion_model.parameters())
         return {"key": key, "model": type(patcher.model.model_config).__name__,
-                "local_params": sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel()
-                                    for p in patcher.model.diffusion_model.parameters())}
+                "local_params": sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in params),
+                "dtypes": sorted({str(p.dtype) for p in params})}
 
     def _load(self, path: str, options: dict) -> tuple[comfy.model_patcher.ModelPatcher, SequenceShard | None]:
         sd, metadata = weights.open_checkpoint(path)
