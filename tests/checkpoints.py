@@ -61,6 +61,9 @@ FAMILIES: dict[str, Family] = {
     "wan21_t2v_420mb": Family(comfy.supported_models.WAN21_T2V,
                               {**_WAN, "dim": 1024, "ffn_dim": 4096, "num_heads": 8, "num_layers": 6}, True,
                               (1, 16, 1, 8, 8), 4096),
+    # Wan 2.2 TI2V (5B layout, tiny): 48-channel latents and one timestep per frame when a noise mask is set
+    "wan22_ti2v": Family(comfy.supported_models.WAN22_T2V, {**_WAN, "in_dim": 48, "out_dim": 48}, True,
+                         (1, 48, 1, 8, 8), 4096),
     "wan21_t2v_scaled_fp8": Family(comfy.supported_models.WAN21_T2V, _WAN, True, (1, 16, 1, 8, 8), 4096,
                                    scaled_fp8=True),
     "wan21_t2v_3heads": Family(comfy.supported_models.WAN21_T2V, {**_WAN, "dim": 384, "num_heads": 3}, True,

@@ -31,6 +31,10 @@ def conditioning(family: str, frames: int, height: int, width: int) -> tuple[lis
 def request(family, shape, sampler):
     positive, negative = conditioning(family, *shape)
     latent = {"samples": torch.zeros(1, 16, *shape)}
+    if family == "wan22_ti2v":   # as Wan22ImageToVideoLatent: a given first frame, kept by the noise mask
+        latent = {"samples": torch.zeros(1, 48, *shape), "noise_mask": torch.ones(1, 1, *shape)}
+        latent["samples"][:, :, 0] = torch.randn(1, 48, *shape[1:], generator=torch.Generator().manual_seed(3))
+        latent["noise_mask"][:, :, 0] = 0.0
     return SampleRequest(add_noise=True, noise_seed=42, steps=STEPS, cfg=5.0, sampler_name=sampler,
                          scheduler="simple", positive=positive, negative=negative, latent=latent, start_at_step=0,
                          end_at_step=10000, return_with_leftover_noise=False)
@@ -47,7 +51,7 @@ def single_process(path, family, req: SampleRequest) -> torch.Tensor:
 
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
 @pytest.mark.parametrize("shape", [(3, 8, 8), (3, 6, 10)], ids=["48-tokens", "45-tokens"])
-@pytest.mark.parametrize("family", ["wan21_t2v", "wan21_i2v"])
+@pytest.mark.parametrize("family", ["wan21_t2v", "wan21_i2v", "wan22_ti2v"])
 def test_ulysses2_equals_single_process(tandem_group, checkpoint, family, shape, sampler):
     path = str(checkpoint(family))
     req = request(family, shape, sampler)
