@@ -51,11 +51,38 @@ def build_on_meta(sd: dict, metadata: dict | None,
 CONSTRUCTED_DEFAULTS = {"scale_weight": 1.0, "scale_input": 1.0}
 
 
-def _place(source: torch.Tensor, like: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``source`` as a tensor of ``like``'s dtype on ``device``; the mmap view itself when nothing changes."""
-    if device.type == "cpu" and source.dtype == like.dtype:
-        return source
-    return source.to(device, non_blocking=True).to(like.dtype)
+class PinnedStager:
+    """mmap (pageable) → pinned buffer (CPU threads) → GPU (copy engine), with two buffers so the CPU copy of
+    one tensor overlaps the upload of the previous one; pageable uploads would stage through the driver."""
+
+    def __init__(self, device: torch.device, capacity: int = 256 << 20):
+        self.device = device
+        self.buffers = [torch.empty(capacity, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+        self.uploaded: list[torch.cuda.Event | None] = [None, None]
+        self.turn = 0
+
+    def upload(self, source: torch.Tensor) -> torch.Tensor:
+        nbytes = source.numel() * source.element_size()
+        if nbytes > self.buffers[0].numel() or not source.is_contiguous():
+            return source.to(self.device)
+        if self.uploaded[self.turn] is not None:
+            self.uploaded[self.turn].synchronize()          # this buffer's previous upload has left
+        staged = self.buffers[self.turn][:nbytes].view(source.dtype).view(source.shape)
+        staged.copy_(source)
+        out = torch.empty(source.shape, dtype=source.dtype, device=self.device)
+        out.copy_(staged, non_blocking=True)
+        self.uploaded[self.turn] = torch.cuda.Event()
+        self.uploaded[self.turn].record()
+        self.turn ^= 1
+        return out
+
+
+def _place(source: torch.Tensor, like: torch.Tensor, device: torch.device, stager: PinnedStager | None
+           ) -> torch.Tensor:
+    """``source`` as a tensor of ``like``'s dtype on ``device`` (cast there); the mmap view when nothing changes."""
+    if device.type == "cpu":
+        return source if source.dtype == like.dtype else source.to(like.dtype)
+    return (stager.upload(source) if stager else source.to(device)).to(like.dtype)
 
 
 @torch.no_grad()
@@ -65,6 +92,7 @@ def materialize(module: torch.nn.Module, sd: dict, device: torch.device) -> list
     FSDP-sharded parameters (DTensors, already allocated by ``to_empty``) get only this rank's shard.
     """
     missing = []
+    stager = PinnedStager(device) if device.type == "cuda" else None
     for name, tensor in list(module.state_dict(keep_vars=True).items()):
         owner_name, _, attr = name.rpartition(".")
         if name not in sd and attr in CONSTRUCTED_DEFAULTS and not isinstance(tensor, DTensor):
@@ -76,9 +104,10 @@ def materialize(module: torch.nn.Module, sd: dict, device: torch.device) -> list
         if isinstance(tensor, DTensor):
             _fill_shard(tensor, sd[name])
         elif attr in owner._parameters:
-            owner._parameters[attr] = torch.nn.Parameter(_place(sd[name], tensor, device), requires_grad=False)
+            owner._parameters[attr] = torch.nn.Parameter(_place(sd[name], tensor, device, stager),
+                                                         requires_grad=False)
         else:
-            owner._buffers[attr] = _place(sd[name], tensor, device)
+            owner._buffers[attr] = _place(sd[name], tensor, device, stager)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return missing

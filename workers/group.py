@@ -112,8 +112,9 @@ class Group:
             remove_placement_group(self.pg)
             raise TandemError(f"Ray could not reserve {config.gpu_count} {self.unit} within {config.timeout_s} s: "
                               "free them (another job holds them?) or lower GPU count") from None
-        threads = str(max(1, (os.cpu_count() or 1) // config.gpu_count))
-        runtime_env = {} if on_gpu else {"env_vars": {"OMP_NUM_THREADS": threads}}
+        # Ray gives each actor one thread by default; loading copies weights with CPU threads.
+        threads = str(max(1, int(ray.cluster_resources().get("CPU", 1)) // config.gpu_count))
+        runtime_env = {"env_vars": {"OMP_NUM_THREADS": threads}}
         remote = ray.remote(Worker)
         self.actors = [
             remote.options(num_cpus=1, num_gpus=1 if on_gpu else 0, max_concurrency=4, runtime_env=runtime_env,
