@@ -6,9 +6,9 @@ An adapter module provides MODEL_CLASSES, FAMILY, ``num_heads(diffusion_model)``
 from types import ModuleType
 
 from ..parallel.degrees import TandemConfigError
-from . import wan
+from . import flux, hunyuan_video, qwen_image, wan
 
-ADAPTERS: tuple[ModuleType, ...] = (wan,)
+ADAPTERS: tuple[ModuleType, ...] = (wan, flux, qwen_image, hunyuan_video)
 
 
 def adapter_for(diffusion_model) -> ModuleType:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .sequence import SequenceShard
-from .ulysses import AttentionFn, ulysses_attention
+from .ulysses import AttentionFn, joint_ulysses_attention, ulysses_attention
 
 log = logging.getLogger("tandem")
 
@@ -46,19 +46,31 @@ def resolve_backend(name: str, device: torch.device) -> tuple[AttentionFn, str |
     return fn, None
 
 
-def ulysses_override(shard: SequenceShard, attend: AttentionFn) -> Callable:
-    """An ``optimized_attention_override`` that runs the call as Ulysses attention over ``shard.group``."""
+def _override(run: Callable) -> Callable:
+    """An ``optimized_attention_override`` that hands ``run`` [B, S, H·D] q, k, v and returns its output as asked."""
     def override(func, q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False,
                  skip_output_reshape=False, **kwargs):
         if mask is not None:
             raise NotImplementedError("Tandem's sequence-parallel attention does not support attention masks yet")
         if skip_reshape:   # [B, H, S, D] → [B, S, H·D]
             q, k, v = (t.transpose(1, 2).flatten(2) for t in (q, k, v))
-        out = ulysses_attention(q, k, v, heads, shard, attend)
+        out = run(q, k, v, heads)
         if skip_output_reshape:
             out = out.unflatten(2, (heads, -1)).transpose(1, 2)
         return out
     return override
+
+
+def ulysses_override(shard: SequenceShard, attend: AttentionFn) -> Callable:
+    """An ``optimized_attention_override`` that runs the call as Ulysses attention over ``shard.group``."""
+    return _override(lambda q, k, v, heads: ulysses_attention(q, k, v, heads, shard, attend))
+
+
+def joint_ulysses_override(shard: SequenceShard, attend: AttentionFn, text_first: bool) -> Callable:
+    """The override for joint text-image attention (Flux-style blocks): the tokens a call holds beyond this rank's
+    image slice are the replicated text, placed first or last as the model concatenates them."""
+    return _override(lambda q, k, v, heads: joint_ulysses_attention(
+        q, k, v, heads, q.shape[1] - shard.local, text_first, shard, attend))
 
 
 def with_override(transformer_options: dict, override: Callable) -> dict:

@@ -20,13 +20,14 @@ def open_checkpoint(path: str) -> tuple[dict, dict | None]:
     return comfy.utils.load_torch_file(path, return_metadata=True)
 
 
-def build_on_meta(sd: dict, metadata: dict | None,
-                  model_options: dict) -> tuple[comfy.model_base.BaseModel, dict] | tuple[None, None]:
+def build_on_meta(sd: dict, metadata: dict | None, model_options: dict, unet_config: dict | None = None
+                  ) -> tuple[comfy.model_base.BaseModel, dict] | tuple[None, None]:
     """ComfyUI's ``load_diffusion_model_state_dict`` up to the model's construction, with the DiT on ``meta``.
 
     Detection, dtype choice and operations are ComfyUI's; only the placement differs. None when ComfyUI's
     detection does not recognise the layout (diffusers-format files: the caller falls back to ComfyUI's loader).
-    Returns the model and the state dict with ComfyUI's key processing applied.
+    ``unet_config`` overrides what detection infers (tests build tiny Flux/Qwen-Image files whose head count
+    detection cannot infer). Returns the model and the state dict with ComfyUI's key processing applied.
     """
     prefix = comfy.model_detection.unet_prefix_from_state_dict(sd)
     stripped = comfy.utils.state_dict_prefix_replace(sd, {prefix: ""}, filter_keys=True)
@@ -34,6 +35,7 @@ def build_on_meta(sd: dict, metadata: dict | None,
     model_config = comfy.model_detection.model_config_from_unet(sd, "", metadata=metadata)
     if model_config is None:
         return None, None
+    model_config.unet_config.update(unet_config or {})
     load_device = comfy.model_management.get_torch_device()
     weight_dtype = None if model_config.scaled_fp8 is not None else comfy.utils.weight_dtype(sd)
     unet_dtype = model_options.get("dtype") or comfy.model_management.unet_dtype(

@@ -12,7 +12,7 @@ import comfy.model_detection  # noqa: E402  (importable once checkpoints ran imp
 
 CLASS_NAMES = {"wan21_t2v": "WAN21_T2V", "wan21_t2v_3heads": "WAN21_T2V", "wan21_i2v": "WAN21_I2V",
                "hunyuan_video": "HunyuanVideo", "flux": "Flux", "qwen_image": "QwenImage",
-               "qwen_image_min": "QwenImage"}
+               "qwen_image_min": "QwenImage", "ltxv": "LTXV"}
 
 
 @pytest.mark.parametrize("family", CLASS_NAMES)

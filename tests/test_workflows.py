@@ -145,8 +145,9 @@ def linked(family: str):
 BAD_MODELS = {   # how to make the file, and what the one-line message must say (the last part names the fix)
     "file-gone": (dangling_link, ["'gone.safetensors' is not in ComfyUI's diffusion_models folders",
                                   "put it there or pick another file"]),
-    "hunyuan-video": (linked("hunyuan_video"), [
-        "Tandem's sequence parallelism does not support HunyuanVideo models yet (supported: Wan)",
+    "ltxv": (linked("ltxv"), [
+        "Tandem's sequence parallelism does not support LTXVModel models yet "
+        "(supported: Wan, Flux, Qwen-Image, HunyuanVideo)",
         "set Ulysses degree and Ring degree to 1 for this model"]),
     "3-heads": (linked("wan21_t2v_3heads"), [
         "Ulysses degree 2 does not divide the model's 3 attention heads: use one of 1, 3"]),

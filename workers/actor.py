@@ -1,4 +1,5 @@
 """The Ray actor: one per GPU (or per CPU slot without GPUs). Holds its process-group rank and its models."""
+import json
 import logging
 import os
 import threading
@@ -66,13 +67,15 @@ class Worker:
     def ping(self) -> int:
         return os.getpid()
 
-    def load(self, path: str, weight_dtype: str) -> dict:
-        """Load (or reuse) a diffusion model, weights once per host, prepared for this group's parallel layout."""
+    def load(self, path: str, weight_dtype: str, unet_config: dict | None = None) -> dict:
+        """Load (or reuse) a diffusion model, weights once per host, prepared for this group's parallel layout.
+
+        ``unet_config`` overrides what ComfyUI's detection infers from the file's keys."""
         stat = os.stat(path)
-        key = (path, weight_dtype, stat.st_size, stat.st_mtime_ns)
+        key = (path, weight_dtype, stat.st_size, stat.st_mtime_ns, json.dumps(unet_config, sort_keys=True))
         if key not in self.models:
             try:
-                patcher, shard = self._load(path, model_options(weight_dtype))
+                patcher, shard = self._load(path, model_options(weight_dtype), unet_config)
             except torch.OutOfMemoryError:
                 raise TandemConfigError(
                     f"{os.path.basename(path)} does not fit in this GPU's memory: turn FSDP on in Tandem Init "
@@ -84,9 +87,10 @@ class Worker:
                 "local_params": sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in params),
                 "dtypes": sorted({str(p.dtype) for p in params})}
 
-    def _load(self, path: str, options: dict) -> tuple[comfy.model_patcher.ModelPatcher, SequenceShard | None]:
+    def _load(self, path: str, options: dict, unet_config: dict | None
+              ) -> tuple[comfy.model_patcher.ModelPatcher, SequenceShard | None]:
         sd, metadata = weights.open_checkpoint(path)
-        model, sd = weights.build_on_meta(sd, metadata, options)
+        model, sd = weights.build_on_meta(sd, metadata, options, unet_config)
         if model is None:
             if self.config.fsdp:
                 raise TandemConfigError(f"{os.path.basename(path)} is not in a layout ComfyUI detects from its keys, "

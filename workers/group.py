@@ -157,9 +157,9 @@ class Group:
                 on_poll()
         if failed_at:
             error = failed_at[1]
-            if isinstance(getattr(error, "cause", None), BaseException) and \
-                    type(error.cause).__name__ == "InterruptProcessingException":
-                raise error.cause
+            cause = getattr(error, "cause", None)
+            if isinstance(cause, TandemConfigError) or type(cause).__name__ == "InterruptProcessingException":
+                raise cause
             if isinstance(error, ray.exceptions.RayActorError):
                 self.lose()
                 raise TandemError(f"a Tandem worker died ({_one_line(error)}): run again to restart the group")

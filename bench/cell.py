@@ -1,0 +1,182 @@
+"""One cell of the benchmark matrix, in its own process: one model, one mode, one GPU count.
+
+    python bench/cell.py --model M --mode MODE --gpus N --size WxHxF --steps 6 --weights FILE --reference FILE
+                         --result FILE
+
+ComfyUI alone and Tandem go through the same protocol (``measure``), so the CPU run in CI exercises what the GPU
+run does. The result is always written, as JSON with status ok, unsupported (Tandem refused the settings, with
+its message) or failed.
+"""
+import argparse
+import json
+import os
+import statistics
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from _tandem import import_tandem
+from matrix import MODELS, MODES, Model, parse_size
+
+
+def conditioning(model: Model, size: str) -> dict:
+    """Seeded stand-ins for the text encoder's output (distinct positive and negative) and an empty latent."""
+    g = torch.Generator().manual_seed(1)
+
+    def cond() -> list:
+        extra = {name: torch.randn(1, width, generator=g) for name, width in model.extra_cond.items()}
+        return [[torch.randn(1, *model.context, generator=g), extra]]
+
+    return dict(positive=cond(), negative=cond(), latent={"samples": torch.zeros(model.latent(*parse_size(size)))})
+
+
+def request(inputs: dict, cfg: float, steps: int):
+    from tandem.workers.sampling import SampleRequest
+
+    return SampleRequest(add_noise=True, noise_seed=42, steps=steps, cfg=cfg, sampler_name="euler",
+                         scheduler="simple", start_at_step=0, end_at_step=10000, return_with_leftover_noise=False,
+                         **inputs)
+
+
+def host_ram(pids: list[int]) -> dict:
+    """Private (anonymous) memory of each process that holds the model, and the host's page cache, in GiB."""
+    def field(path: str, name: str) -> float:
+        with open(path) as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(name + ":")) / 2**20
+
+    return {"private_gb": [field(f"/proc/{pid}/smaps_rollup", "Anonymous") for pid in pids],
+            "page_cache_gb": field("/proc/meminfo", "Cached")}
+
+
+class ComfyUIAlone:
+    """The baseline: ComfyUI's own loader and sampler in this process, on one GPU (or the CPU)."""
+
+    def start(self) -> None:
+        """Nothing to start: ComfyUI is already running when a prompt arrives."""
+
+    def load(self, path: str) -> None:
+        import comfy.sd
+
+        self.model = comfy.sd.load_diffusion_model(path)
+
+    def pids(self) -> list[int]:
+        return [os.getpid()]
+
+    def sample(self, req) -> tuple[torch.Tensor, dict]:
+        from tandem.workers.sampling import run_ksampler
+
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        ends = [time.perf_counter()]
+
+        def on_step(*_):
+            if cuda:
+                torch.cuda.synchronize()
+            ends.append(time.perf_counter())
+
+        samples = run_ksampler(self.model, req, on_step)
+        return samples, {"step_s": [b - a for a, b in zip(ends, ends[1:])],
+                         "peak_vram_gb": [torch.cuda.max_memory_allocated() / 2**30 if cuda else None]}
+
+    def close(self) -> None:
+        """The process exits after the cell."""
+
+
+class Tandem:
+    """A Tandem group in this process, driven the way the nodes drive it (``group.call``)."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def start(self) -> None:
+        from tandem.workers import group
+
+        self.group = group.start(self.config)
+
+    def load(self, path: str) -> None:
+        self.key = self.group.call("load", path, "default")[0]["key"]
+
+    def pids(self) -> list[int]:
+        return [info["pid"] for info in self.group.workers]
+
+    def sample(self, req) -> tuple[torch.Tensor, dict]:
+        (samples, stats), *rest = self.group.call("sample", self.key, req)
+        return samples, {"step_s": stats["step_s"],
+                         "peak_vram_gb": [s.get("peak_vram_gb") for s in [stats] + [r[1] for r in rest]]}
+
+    def close(self) -> None:
+        from tandem.workers import group
+
+        group.shutdown()
+
+
+def measure(runner, model: Model, size: str, steps: int, weights: str) -> tuple[dict, torch.Tensor]:
+    """Start, load, then four prompts: 1 step cold (the first prompt; ComfyUI moves the weights to the GPU here),
+    the same again (a repeat prompt), 2 steps, and ``steps`` steps, whose per-step times give s/step."""
+    clock = time.perf_counter
+    r = {}
+    t = clock()
+    runner.start()
+    r["start_s"] = clock() - t
+    r["host_ram_before_load"] = host_ram(runner.pids())
+    t = clock()
+    runner.load(weights)
+    r["load_s"] = clock() - t
+    r["host_ram_after_load"] = host_ram(runner.pids())
+    inputs = conditioning(model, size)
+    wall = {}
+    for name, n in (("first", 1), ("repeat", 1), ("short", 2), ("timed", steps)):
+        t = clock()
+        samples, stats = runner.sample(request(inputs, model.cfg, n))
+        wall[name] = clock() - t
+    r.update(first_prompt_s=r["start_s"] + r["load_s"] + wall["first"], repeat_prompt_s=wall["repeat"],
+             t2_s=wall["short"], tN_s=wall["timed"], step_s=stats["step_s"],
+             s_per_step=statistics.median(stats["step_s"]),
+             s_per_step_diff=(wall["timed"] - wall["short"]) / (steps - 2),
+             peak_vram_gb=stats["peak_vram_gb"], host_ram_after_sampling=host_ram(runner.pids()))
+    return r, samples
+
+
+def one_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"[:500]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", choices=MODELS, required=True)
+    p.add_argument("--mode", choices=MODES, required=True)
+    p.add_argument("--gpus", type=int, required=True)
+    p.add_argument("--size", required=True)
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--weights", required=True)
+    p.add_argument("--reference", required=True, help="ComfyUI's latent: written by the comfyui cell, read by others")
+    p.add_argument("--result", required=True)
+    args = p.parse_args()
+    import_tandem()
+    from tandem.parallel.degrees import GroupConfig, TandemConfigError
+
+    mode = MODES[args.mode]
+    runner = ComfyUIAlone() if mode.group is None else Tandem(GroupConfig(**mode.group(args.gpus)))
+    try:
+        result, samples = measure(runner, MODELS[args.model], args.size, args.steps, args.weights)
+        result["status"] = "ok"
+        if mode.group is None:
+            torch.save(samples, args.reference)
+        elif Path(args.reference).exists():
+            reference = torch.load(args.reference).float()
+            result["rel_err_vs_comfyui"] = ((samples.float() - reference).norm() / reference.norm()).item()
+    except TandemConfigError as e:
+        result = {"status": "unsupported", "message": str(e)}
+    except Exception as e:          # the cell fails, the matrix goes on; the traceback is in the cell's log
+        traceback.print_exc()
+        result = {"status": "failed", "message": one_line(e)}
+    finally:
+        runner.close()
+    Path(args.result).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

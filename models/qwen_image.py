@@ -1,0 +1,44 @@
+"""Qwen-Image (and Edit): split the image tokens after ``img_in``, gather after ``proj_out``.
+
+Like Flux (text replicated, joint attention of [txt; img] through joint Ulysses, edit reference latents appended to
+the image tokens before ``img_in``), except that the RoPE ids are embedded before ``img_in``: the image token count
+is then known only as the ids beyond the text, whose length the model's call gives.
+"""
+from functools import partial
+
+from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
+
+from ..parallel.attention import joint_ulysses_override
+from ..parallel.sequence import SequenceShard
+from ..parallel.ulysses import AttentionFn
+from .flux import gather_tokens, joint_block, refuse_control, split_ids, split_tokens
+
+MODEL_CLASSES = (QwenImageTransformer2DModel,)
+FAMILY = "Qwen-Image"
+
+
+def num_heads(diffusion_model: QwenImageTransformer2DModel) -> int:
+    """Inner width over head width (RoPE spans one head), which holds also for a model without blocks."""
+    return diffusion_model.inner_dim // diffusion_model.pe_embedder.dim
+
+
+def begin(text: dict, module, args, kwargs) -> None:
+    """Remember this forward's text length: the RoPE ids are [text; image] before the image tokens exist."""
+    refuse_control(module, args, kwargs)
+    text["tokens"] = kwargs["context"].shape[1]
+
+
+def split_ids_after_text(shard: SequenceShard, text: dict, module, args):
+    shard.total = args[0].shape[1] - text["tokens"]
+    return split_ids(shard, True, module, args)
+
+
+def install_sequence_parallel(diffusion_model: QwenImageTransformer2DModel, shard: SequenceShard,
+                              attend: AttentionFn) -> None:
+    override, text = joint_ulysses_override(shard, attend, text_first=True), {}
+    diffusion_model.register_forward_pre_hook(partial(begin, text), with_kwargs=True)
+    diffusion_model.pe_embedder.register_forward_pre_hook(partial(split_ids_after_text, shard, text))
+    diffusion_model.img_in.register_forward_hook(partial(split_tokens, shard))
+    for block in diffusion_model.transformer_blocks:
+        block.register_forward_pre_hook(partial(joint_block, shard, override, "hidden_states"), with_kwargs=True)
+    diffusion_model.proj_out.register_forward_hook(partial(gather_tokens, shard))

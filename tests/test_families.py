@@ -1,0 +1,113 @@
+"""Flux, Qwen-Image and HunyuanVideo under Ulysses 2 equal ComfyUI's KSamplerAdvanced in one process (fp32).
+
+Image tokens are split (padded where the count is odd), text tokens replicated, and every joint attention runs
+through the all-to-all, in Tandem's Ray workers. ComfyUI detects the tiny Flux and Qwen-Image files as their family
+but with its fixed 24 heads, which do not fit their width, so the workers get the head count explicitly.
+"""
+import math
+
+import pytest
+import torch
+
+from tandem.parallel.degrees import GroupConfig
+from tandem.tests.checkpoints import FAMILIES, build_model
+from tandem.tests.test_wan_usp import single_process
+from tandem.workers import group as groups
+from tandem.workers.sampling import SampleRequest
+
+STEPS = 4
+JOINT_BLOCKS = {"flux": 4, "qwen_image": 2, "hunyuan_video": 4}   # joint attentions per forward of the tiny models
+HEADS = {"flux": {"num_heads": 2}, "qwen_image": {"num_attention_heads": 2}}   # what detection cannot infer
+
+
+def request(family: str, size: tuple[int, ...], reference: tuple[int, ...] | None = None) -> SampleRequest:
+    """Distinct positive and negative text; ``reference`` adds a Kontext / Edit reference latent of that size."""
+    spec = FAMILIES[family]
+    g = torch.Generator().manual_seed(7)
+    extra = {"pooled_output": torch.randn(1, 768, generator=g), "guidance": 3.5}
+    extra = {k: extra[k] for k in spec.extra_cond}
+    if reference:
+        extra["reference_latents"] = [torch.randn(1, 16, *reference, generator=g)]
+    positive = [[torch.randn(1, 12, spec.context_dim, generator=g), dict(extra)]]
+    negative = [[torch.randn(1, 7, spec.context_dim, generator=g), dict(extra)]]
+    latent = {"samples": torch.zeros(1, 16, *size)}
+    return SampleRequest(add_noise=True, noise_seed=42, steps=STEPS, cfg=5.0, sampler_name="euler",
+                         scheduler="simple", positive=positive, negative=negative, latent=latent, start_at_step=0,
+                         end_at_step=10000, return_with_leftover_noise=False)
+
+
+def image_tokens(*sizes: tuple[int, ...]) -> int:
+    """Tokens of latents of these sizes after 2×2 patches (frames are not patched)."""
+    return sum(math.prod(size[:-2]) * (size[-2] // 2) * (size[-1] // 2) for size in sizes)
+
+
+def check(latent, expected, stats, family, tokens, label) -> None:
+    error = ((latent - expected).norm() / expected.norm()).item()
+    print(f"{label}: relative error {error:.2e}, per-rank stats {stats}")
+    assert latent.shape == expected.shape and error < 1e-4
+    for rank_stats in stats:                      # each rank's blocks saw its share of the image tokens, never all
+        assert rank_stats["block_tokens"] == [math.ceil(tokens / 2)]
+        assert rank_stats["attention_calls"] >= STEPS * JOINT_BLOCKS[family]   # every joint attention exchanged
+
+
+CASES = {   # latent height × width, reference latent height × width
+    "16-tokens": ((8, 8), None),
+    "15-tokens": ((6, 10), None),
+    "reference-21-tokens": ((6, 10), (6, 4)),   # Flux Kontext / Qwen-Image-Edit reference latent
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("family", ["flux", "qwen_image"])
+def test_joint_families_ulysses2_equal_single_process(tandem_group, checkpoint, family, case):
+    frames = (1,) * (len(FAMILIES[family].latent_shape) - 4)    # Qwen-Image latents carry a frame axis
+    size, reference = (frames + hw if hw else None for hw in CASES[case])
+    path = str(checkpoint(family))
+    req = request(family, size, reference)
+    expected = single_process(path, family, req)
+    key = tandem_group.call("load", path, "default", HEADS[family])[0]["key"]
+    (latent, stats0), (none, stats1) = tandem_group.call("sample", key, req)
+    assert none is None
+    check(latent, expected, [stats0, stats1], family, image_tokens(*filter(None, (size, reference))),
+          f"{family} {case}")
+
+
+@pytest.mark.parametrize("size", [(1, 8, 8), (3, 6, 10)], ids=["16-tokens", "45-tokens"])
+def test_hunyuan_video_workers_ulysses2_equal_single_process(tandem_group, checkpoint, size):
+    path = str(checkpoint("hunyuan_video"))
+    req = request("hunyuan_video", size)
+    expected = single_process(path, "hunyuan_video", req)
+    key = tandem_group.call("load", path, "default")[0]["key"]
+    (latent, stats0), (none, stats1) = tandem_group.call("sample", key, req)
+    assert none is None
+    check(latent, expected, [stats0, stats1], "hunyuan_video", image_tokens(size), f"hunyuan_video {size}")
+
+
+def test_hunyuan_video_workers_ulysses2_fsdp_equal_single_process(_tandem_session, checkpoint):
+    path = str(checkpoint("hunyuan_video"))
+    req = request("hunyuan_video", (3, 6, 10))
+    expected = single_process(path, "hunyuan_video", req)
+    group = groups.start(GroupConfig(gpu_count=2, ulysses_degree=2, fsdp=True, timeout_s=60))
+    infos = group.call("load", path, "default")
+    (latent, stats0), (_, stats1) = group.call("sample", infos[0]["key"], req)
+    total = sum(p.numel() for p in build_model("hunyuan_video").model.diffusion_model.parameters())
+    assert all(0.45 * total <= info["local_params"] <= 0.55 * total for info in infos)   # FSDP really sharded
+    check(latent, expected, [stats0, stats1], "hunyuan_video", image_tokens((3, 6, 10)), "hunyuan_video + FSDP")
+
+
+@pytest.mark.parametrize("ulysses", [1, 2], ids=["fsdp", "ulysses2+fsdp"])
+@pytest.mark.parametrize("family", ["flux", "qwen_image"])
+def test_joint_families_under_fsdp_equal_single_process(_tandem_session, checkpoint, family, ulysses):
+    frames = (1,) * (len(FAMILIES[family].latent_shape) - 4)
+    size = frames + (6, 10)
+    path = str(checkpoint(family))
+    req = request(family, size)
+    expected = single_process(path, family, req)
+    group = groups.start(GroupConfig(gpu_count=2, ulysses_degree=ulysses, fsdp=True, timeout_s=60))
+    infos = group.call("load", path, "default", HEADS[family])
+    (latent, _), _ = group.call("sample", infos[0]["key"], req)
+    error = ((latent - expected).norm() / expected.norm()).item()
+    print(f"{family}, Ulysses {ulysses} + FSDP: relative error {error:.2e}")
+    assert error < 1e-4
+    total = sum(p.numel() for p in build_model(family).model.diffusion_model.parameters())
+    assert all(0.45 * total <= info["local_params"] <= 0.55 * total for info in infos)
