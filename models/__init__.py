@@ -19,4 +19,5 @@ def adapter_for(diffusion_model) -> ModuleType:
     supported = ", ".join(a.FAMILY for a in ADAPTERS)
     raise TandemConfigError(
         f"Tandem's sequence parallelism does not support {type(diffusion_model).__name__} models yet "
-        f"(supported: {supported}): set Ulysses degree and Ring degree to 1 for this model.")
+        f"(supported: {supported}): set Ulysses degree and Ring degree to 1 for this model; "
+        "FSDP alone works with any ComfyUI model.")

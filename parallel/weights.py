@@ -89,7 +89,8 @@ def _place(source: torch.Tensor, like: torch.Tensor, device: torch.device, stage
 
 @torch.no_grad()
 def materialize(module: torch.nn.Module, sd: dict, device: torch.device) -> list[str]:
-    """Replace every meta parameter/buffer of ``module`` by the file's tensor on ``device``; return missing keys.
+    """Replace every meta parameter/buffer of ``module`` by the file's tensor on ``device``; return what stayed
+    unfilled (keys the file lacks, and buffers a model computes at construction, which ``meta`` cannot keep).
 
     FSDP-sharded parameters (DTensors, already allocated by ``to_empty``) get only this rank's shard.
     """
@@ -112,7 +113,8 @@ def materialize(module: torch.nn.Module, sd: dict, device: torch.device) -> list
             owner._buffers[attr] = _place(sd[name], tensor, device, stager)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return missing
+    unfilled = [n for n, t in (*module.named_parameters(), *module.named_buffers()) if t.is_meta]   # non-persistent
+    return missing + [n for n in unfilled if n not in missing]
 
 
 def _fill_shard(param: DTensor, full: torch.Tensor) -> None:

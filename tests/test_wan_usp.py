@@ -69,3 +69,32 @@ def test_ulysses2_equals_single_process(tandem_group, checkpoint, family, shape,
     for stats in (stats0, stats1):                      # each rank's blocks saw half the tokens, never all
         assert stats["block_tokens"] == [math.ceil(tokens / 2)]
         assert stats["attention_calls"] >= STEPS * 2     # every self-attention went through the all-to-all
+
+
+def test_wan22_two_model_chain_equals_single_process(tandem_group, checkpoint, tmp_path):
+    """Wan 2.2 A14B style: a high-noise model takes steps 0–2 and hands its noisy latent to a low-noise model for
+    the rest, as two XFuser KSamplers chained by start/end step; equals the same chain of KSamplerAdvanced."""
+    import nodes
+
+    from tandem.tests.checkpoints import make_checkpoint
+
+    high, low = str(checkpoint("wan21_t2v")), str(make_checkpoint("wan21_t2v", tmp_path, seed=1))
+    first = request("wan21_t2v", (3, 6, 10), "euler")
+    first.end_at_step, first.return_with_leftover_noise = 2, True
+
+    def second(latent: dict) -> SampleRequest:
+        return SampleRequest(**{**vars(first), "add_noise": False, "latent": latent, "start_at_step": 2,
+                                "end_at_step": 10000, "return_with_leftover_noise": False})
+
+    sampler = nodes.KSamplerAdvanced()
+    args = lambda r: (r.noise_seed, r.steps, r.cfg, r.sampler_name, r.scheduler, r.positive, r.negative)
+    mid = sampler.sample(load_checkpoint(high, "wan21_t2v"), "enable", *args(first), first.latent, 0, 2, "enable")[0]
+    expected = sampler.sample(load_checkpoint(low, "wan21_t2v"), "disable", *args(first), mid, 2, 10000,
+                              "disable")[0]["samples"]
+
+    keys = [tandem_group.call("load", path, "default")[0]["key"] for path in (high, low)]
+    (noisy, _), _ = tandem_group.call("sample", keys[0], first)
+    (latent, _), _ = tandem_group.call("sample", keys[1], second({"samples": noisy}))
+    error = ((latent - expected).norm() / expected.norm()).item()
+    print(f"Wan 2.2 two-model chain: relative error {error:.2e}")
+    assert error < 1e-4

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 import ray
+import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -70,11 +71,20 @@ def _one_line(error: BaseException) -> str:
     return f"{type(cause).__name__}: {text}".rstrip(": ")
 
 
-def _connect(address: str) -> str:
+def _cpu_slots(workers: int) -> int | None:
+    """Logical CPUs for a private head on a machine without GPUs: CPU workers are for trying Tandem out, so a
+    2-core machine may still run 4 of them (slowly). None (Ray's own count) where GPUs do the work."""
+    return None if torch.cuda.is_available() else max(os.cpu_count() or 1, workers)
+
+
+def _connect(address: str, workers: int) -> str:
     """Connect to Ray (starting a private head on 127.0.0.1 for ``local``); return the resource unit."""
     global _ray_address
     if ray.is_initialized() and _ray_address not in (None, address):
         shutdown_ray()
+    slots = _cpu_slots(workers) if address == "local" else None
+    if ray.is_initialized() and _ray_address == "local" and slots and ray.cluster_resources().get("CPU", 0) < slots:
+        shutdown_ray()             # our private CPU head is too small for this many workers: start a larger one
     if not ray.is_initialized():
         # Ray ships local code only with the job's runtime_env, so Tandem's package rides on ray.init.
         env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
@@ -82,7 +92,7 @@ def _connect(address: str) -> str:
         runtime_env = {"py_modules": [stage_package()], "env_vars": env}
         try:
             if address == "local":
-                ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
+                ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", num_cpus=slots,
                          logging_level=logging.WARNING, runtime_env=runtime_env)
             else:
                 ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
@@ -98,7 +108,7 @@ class Group:
 
     def __init__(self, config: GroupConfig):
         self.config = config
-        self.unit = _connect(config.ray_address)
+        self.unit = _connect(config.ray_address, config.gpu_count)
         available = int(ray.cluster_resources().get(self.unit[:-1], 0))
         validate_available(config, available, self.unit)
         on_gpu = self.unit == "GPUs"

@@ -1,0 +1,42 @@
+"""Four workers (gloo, CPU): the degree combinations of a 4-GPU box equal single-process ComfyUI.
+
+Ulysses 4 splits a 4-head Wan's tokens four ways; Ulysses 2 × 2 runs two sequence groups with FSDP over all four;
+FSDP alone shards every tensor four ways. CFG-parallel and Ring are refused until they land (see test_degrees).
+"""
+import math
+
+import pytest
+
+from tandem.parallel.degrees import GroupConfig
+from tandem.tests.checkpoints import build_model
+from tandem.tests.test_wan_usp import request, single_process
+from tandem.workers import group as groups
+
+SHAPE = (3, 6, 10)           # 45 tokens: padded to 48 for 4 ranks
+LAYOUTS = {
+    "ulysses4": GroupConfig(gpu_count=4, ulysses_degree=4, timeout_s=120),
+    "ulysses2x2+fsdp4": GroupConfig(gpu_count=4, ulysses_degree=2, fsdp=True, timeout_s=120),
+    "fsdp4": GroupConfig(gpu_count=4, ulysses_degree=1, fsdp=True, timeout_s=120),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_four_workers_equal_single_process(_tandem_session, checkpoint, layout):
+    config = LAYOUTS[layout]
+    path = str(checkpoint("wan21_t2v_4heads"))
+    req = request("wan21_t2v", SHAPE, "euler")
+    expected = single_process(path, "wan21_t2v_4heads", req)
+
+    group = groups.start(config)
+    infos = group.call("load", path, "default")
+    results = group.call("sample", infos[0]["key"], req)
+    latent = results[0][0]
+    error = ((latent - expected).norm() / expected.norm()).item()
+    print(f"{layout}: relative error {error:.2e}, block tokens {[r[1].get('block_tokens') for r in results]}, "
+          f"local parameters {[i['local_params'] for i in infos]}")
+    assert all(r[0] is None for r in results[1:]) and error < 1e-4
+    if config.sequence_degree > 1:
+        assert all(r[1]["block_tokens"] == [math.ceil(45 / config.sequence_degree)] for r in results)
+    if config.fsdp:
+        total = sum(p.numel() for p in build_model("wan21_t2v_4heads").model.diffusion_model.parameters())
+        assert all(0.2 * total <= i["local_params"] <= 0.3 * total for i in infos)
