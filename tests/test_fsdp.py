@@ -80,3 +80,23 @@ def test_scaled_fp8_checkpoint_under_fsdp(_tandem_session, checkpoint, ulysses):
     print(f"scaled fp8, Ulysses {ulysses} + FSDP: relative error {error:.2e}, dtypes {infos[0]['dtypes']}")
     assert error < 1e-4
     assert "torch.float8_e4m3fn" in infos[0]["dtypes"]          # the weights stayed fp8
+
+
+def test_fsdp_alone_runs_a_family_without_an_adapter(_tandem_session, checkpoint):
+    """FSDP needs no per-family code: LTXV, which sequence parallelism does not support, shards and matches.
+    CFG 1: ComfyUI itself cannot batch LTXV's masked positive and negative on CPU (sub-quadratic attention)."""
+    from tandem.workers.sampling import SampleRequest
+
+    path = str(checkpoint("ltxv"))
+    g = torch.Generator().manual_seed(5)
+    cond = lambda n: [[torch.randn(1, n, 4096, generator=g), {"attention_mask": torch.ones(1, n)}]]
+    req = SampleRequest(add_noise=True, noise_seed=3, steps=3, cfg=1.0, sampler_name="euler", scheduler="simple",
+                        positive=cond(8), negative=cond(8), latent={"samples": torch.zeros(1, 128, 1, 4, 4)},
+                        start_at_step=0, end_at_step=10000, return_with_leftover_noise=False)
+    expected = single_process(path, "ltxv", req)
+    group = groups.start(GroupConfig(gpu_count=2, ulysses_degree=1, fsdp=True, timeout_s=60))
+    infos = group.call("load", path, "default")
+    (latent, _), _ = group.call("sample", infos[0]["key"], req)
+    error = ((latent - expected).norm() / expected.norm()).item()
+    print(f"LTXV, FSDP over 2: relative error {error:.2e}, local parameters {[i['local_params'] for i in infos]}")
+    assert error < 1e-4
