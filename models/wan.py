@@ -1,4 +1,4 @@
-"""Wan 2.1 / 2.2 (T2V, I2V, TI2V): split the tokens after patch embedding, gather after the head.
+"""Wan 2.1 / 2.2 (T2V, I2V, TI2V, VACE): split the tokens after patch embedding, gather after the head.
 
 Everything between is per-token (norms, FFN, cross-attention to the replicated text) except self-attention,
 which runs through Ulysses. The split is done with forward hooks on ComfyUI's own modules, so ComfyUI's
@@ -21,9 +21,10 @@ def num_heads(diffusion_model: WanModel) -> int:
     return diffusion_model.num_heads
 
 
-def _per_token(shard: SequenceShard, e: torch.Tensor) -> torch.Tensor:
-    """Split a modulation tensor that carries one row per token (Wan 2.2 TI2V); leave shared rows alone."""
-    if e.ndim < 3 or e.shape[1] == 1:
+def _per_token(shard: SequenceShard, e: torch.Tensor, per_token_ndim: int) -> torch.Tensor:
+    """Split a modulation tensor that carries rows along the tokens (Wan 2.2 TI2V: [B, L, 6, C] into blocks,
+    [B, L, C] into the head); leave shared modulation ([B, 6, C], [B, 1, 6, C], [B, C], ...) alone."""
+    if e.ndim != per_token_ndim or e.shape[1] == 1:
         return e
     if e.shape[1] != shard.total:   # one row per frame: ComfyUI's repeat_e expands it to tokens
         e = torch.repeat_interleave(e, -(-shard.total // e.shape[1]), dim=1)[:, :shard.total]
@@ -41,8 +42,19 @@ def _block_pre(shard: SequenceShard, module, args, kwargs):
         x = shard.split(x)
     shard.seen_block_tokens.add(x.shape[1])
     kwargs["freqs"] = shard.split(kwargs["freqs"])
-    kwargs["e"] = _per_token(shard, kwargs["e"])
+    kwargs["e"] = _per_token(shard, kwargs["e"], 4)
     return (x, *args[1:]), kwargs
+
+
+def _vace_block_pre(shard: SequenceShard, module, args, kwargs):
+    """VACE blocks get the control tokens ``c`` (full-length at the first one) and the full pre-block ``x``."""
+    c = args[0]
+    if c.shape[1] == shard.total:
+        c = shard.split(c)
+    kwargs["x"] = shard.split(kwargs["x"])
+    kwargs["freqs"] = shard.split(kwargs["freqs"])
+    kwargs["e"] = _per_token(shard, kwargs["e"], 4)
+    return (c, *args[1:]), kwargs
 
 
 def _self_attn_pre(override, module, args, kwargs):
@@ -52,7 +64,7 @@ def _self_attn_pre(override, module, args, kwargs):
 
 def _head_pre(shard: SequenceShard, module, args):
     x, e = args
-    return x, _per_token(shard, e)
+    return x, _per_token(shard, e, 3)
 
 
 def _head_post(shard: SequenceShard, module, args, out):
@@ -64,6 +76,9 @@ def install_sequence_parallel(diffusion_model: WanModel, shard: SequenceShard, a
     diffusion_model.register_forward_pre_hook(partial(_begin, shard))
     for block in diffusion_model.blocks:
         block.register_forward_pre_hook(partial(_block_pre, shard), with_kwargs=True)
+        block.self_attn.register_forward_pre_hook(partial(_self_attn_pre, override), with_kwargs=True)
+    for block in getattr(diffusion_model, "vace_blocks", None) or []:   # VACE: the control branch splits alike
+        block.register_forward_pre_hook(partial(_vace_block_pre, shard), with_kwargs=True)
         block.self_attn.register_forward_pre_hook(partial(_self_attn_pre, override), with_kwargs=True)
     diffusion_model.head.register_forward_pre_hook(partial(_head_pre, shard))
     diffusion_model.head.register_forward_hook(partial(_head_post, shard))

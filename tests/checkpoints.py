@@ -66,6 +66,10 @@ FAMILIES: dict[str, Family] = {
                          (1, 48, 1, 8, 8), 4096),
     "wan21_t2v_scaled_fp8": Family(comfy.supported_models.WAN21_T2V, _WAN, True, (1, 16, 1, 8, 8), 4096,
                                    scaled_fp8=True),
+    # VACE: one control block beside the two main ones; its context is 32 frame + 64 mask channels
+    "wan21_vace": Family(comfy.supported_models.WAN21_Vace,
+                         {**_WAN, "model_type": "vace", "vace_layers": 1, "vace_in_dim": 96}, True,
+                         (1, 16, 1, 8, 8), 4096),
     "wan21_t2v_4heads": Family(comfy.supported_models.WAN21_T2V, {**_WAN, "dim": 512, "num_heads": 4}, True,
                                (1, 16, 1, 8, 8), 4096),
     "wan21_t2v_3heads": Family(comfy.supported_models.WAN21_T2V, {**_WAN, "dim": 384, "num_heads": 3}, True,

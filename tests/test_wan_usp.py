@@ -17,6 +17,11 @@ def conditioning(family: str, frames: int, height: int, width: int) -> tuple[lis
     g = torch.Generator().manual_seed(7)
     positive = [[torch.randn(1, 12, 4096, generator=g), {}]]
     negative = [[torch.randn(1, 7, 4096, generator=g), {}]]
+    if family == "wan21_vace":
+        control = {"vace_frames": [torch.randn(1, 32, frames, height, width, generator=g)],
+                   "vace_mask": [torch.rand(1, 64, frames, height, width, generator=g)], "vace_strength": [0.8]}
+        for cond in (positive, negative):
+            cond[0][1].update(control)
     if family == "wan21_i2v":
         mask = torch.ones(1, 1, frames, height, width)
         mask[:, :, 0] = 0.0
@@ -51,7 +56,7 @@ def single_process(path, family, req: SampleRequest) -> torch.Tensor:
 
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
 @pytest.mark.parametrize("shape", [(3, 8, 8), (3, 6, 10)], ids=["48-tokens", "45-tokens"])
-@pytest.mark.parametrize("family", ["wan21_t2v", "wan21_i2v", "wan22_ti2v"])
+@pytest.mark.parametrize("family", ["wan21_t2v", "wan21_i2v", "wan22_ti2v", "wan21_vace"])
 def test_ulysses2_equals_single_process(tandem_group, checkpoint, family, shape, sampler):
     path = str(checkpoint(family))
     req = request(family, shape, sampler)
