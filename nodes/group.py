@@ -10,7 +10,7 @@ class TandemInit:
     def INPUT_TYPES(cls):
         return {"required": {
             "ray_address": ("STRING", {"default": "local", "tooltip":
-                "'local' starts a private Ray head on 127.0.0.1 (dashboard off); or the address of an "
+                "'local' starts a private Ray head on this machine (dashboard off); or the address of an "
                 "existing Ray cluster, e.g. 10.0.0.5:6379"}),
             "gpu_count": ("INT", {"default": 2, "min": 1, "max": 256, "tooltip":
                 "Workers to start, one per GPU. Without GPUs, CPU workers on gloo (slow, for trying it out)."}),

@@ -78,7 +78,7 @@ def _cpu_slots(workers: int) -> int | None:
 
 
 def _connect(address: str, workers: int) -> str:
-    """Connect to Ray (starting a private head on 127.0.0.1 for ``local``); return the resource unit."""
+    """Connect to Ray (starting a private head on this machine for ``local``); return the resource unit."""
     global _ray_address
     if ray.is_initialized() and _ray_address not in (None, address):
         shutdown_ray()
@@ -92,7 +92,7 @@ def _connect(address: str, workers: int) -> str:
         runtime_env = {"py_modules": [stage_package()], "env_vars": env}
         try:
             if address == "local":
-                ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", num_cpus=slots,
+                ray.init(address="local", include_dashboard=False, num_cpus=slots,
                          logging_level=logging.WARNING, runtime_env=runtime_env)
             else:
                 ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
@@ -124,7 +124,10 @@ class Group:
                               "free them (another job holds them?) or lower GPU count") from None
         # Ray gives each actor one thread by default; loading copies weights with CPU threads.
         threads = str(max(1, int(ray.cluster_resources().get("CPU", 1)) // config.gpu_count))
-        runtime_env = {"env_vars": {"OMP_NUM_THREADS": threads}}
+        env = {"OMP_NUM_THREADS": threads}
+        if config.ray_address == "local" and not on_gpu:
+            env["GLOO_SOCKET_IFNAME"] = "lo"    # a private head is one machine: keep gloo's traffic on loopback
+        runtime_env = {"env_vars": env}
         remote = ray.remote(Worker)
         self.actors = [
             remote.options(num_cpus=1, num_gpus=1 if on_gpu else 0, max_concurrency=4, runtime_env=runtime_env,
@@ -133,6 +136,7 @@ class Group:
             for i in range(config.gpu_count)]
         try:
             host, port = self.get([self.actors[0].address.remote()])[0]
+            host = "127.0.0.1" if config.ray_address == "local" else host   # one machine: rendezvous on loopback
             self.workers = self.get([a.join.remote(host, port) for a in self.actors])
         except Exception:
             self.stop()
@@ -147,17 +151,18 @@ class Group:
         is stopped (the next prompt starts a new one) instead of leaving them hanging.
         """
         deadline = time.monotonic() + self.config.timeout_s
-        pending, failed_at = list(refs), None
+        pending, errors, first_error_at = list(refs), [], None
         while pending:
             done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.2)
             for ref in done:
                 try:
                     ray.get(ref)
                 except Exception as e:
-                    failed_at = failed_at or (time.monotonic(), e)
-            if failed_at and pending and time.monotonic() - failed_at[0] > ERROR_GRACE_S:
+                    errors.append(e)
+                    first_error_at = first_error_at or time.monotonic()
+            if errors and pending and time.monotonic() - first_error_at > ERROR_GRACE_S:
                 self.lose()
-                raise TandemError(f"{_one_line(failed_at[1])} (a worker failed mid-job; "
+                raise TandemError(f"{_one_line(errors[0])} (a worker failed mid-job; "
                                   "the group was stopped and restarts on the next run)") from None
             if pending and time.monotonic() > deadline:
                 self.lose()
@@ -165,16 +170,22 @@ class Group:
                                   "stopped: raise the collective timeout in Tandem Init or check the workers' log")
             if pending and on_poll:
                 on_poll()
-        if failed_at:
-            error = failed_at[1]
-            cause = getattr(error, "cause", None)
+        if errors:
+            self._raise(errors)
+        return ray.get(refs)
+
+    def _raise(self, errors: list[Exception]) -> None:
+        """One error for the node: a dead worker first (its peers only saw a broken connection), then a setting
+        to change, then Cancel, then whatever the first worker raised."""
+        died = [e for e in errors if isinstance(e, ray.exceptions.RayActorError)]
+        if died:
+            self.lose()
+            raise TandemError(f"a Tandem worker died ({_one_line(died[0])}): run again to restart the group")
+        causes = [getattr(e, "cause", None) for e in errors]
+        for cause in causes:
             if isinstance(cause, TandemConfigError) or type(cause).__name__ == "InterruptProcessingException":
                 raise cause
-            if isinstance(error, ray.exceptions.RayActorError):
-                self.lose()
-                raise TandemError(f"a Tandem worker died ({_one_line(error)}): run again to restart the group")
-            raise TandemError(_one_line(error)) from None
-        return ray.get(refs)
+        raise TandemError(_one_line(errors[0])) from None
 
     def call(self, method: str, *args, on_poll: Callable[[], None] | None = None) -> list:
         """Call ``method`` on every actor with the same arguments (put once in the object store)."""
