@@ -5,7 +5,6 @@ when it is set; model adapters set it only for the sequence-mixing (self/joint) 
 cross-attention to text, which needs no exchange because every rank holds all text tokens.
 """
 import importlib.util
-import logging
 from typing import Callable
 
 import torch
@@ -13,8 +12,6 @@ import torch.nn.functional as F
 
 from .sequence import SequenceShard
 from .ulysses import AttentionFn, joint_ulysses_attention, ulysses_attention
-
-log = logging.getLogger("tandem")
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

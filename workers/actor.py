@@ -1,6 +1,5 @@
 """The Ray actor: one per GPU (or per CPU slot without GPUs). Holds its process-group rank and its models."""
 import json
-import logging
 import os
 import threading
 import time
@@ -20,7 +19,6 @@ from ..parallel.degrees import GroupConfig, TandemConfigError, validate_heads
 from ..parallel.sequence import SequenceShard
 from .sampling import SampleRequest, run_ksampler
 
-log = logging.getLogger("tandem")
 
 WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2", "bf16", "fp16")
 
