@@ -10,6 +10,8 @@ VALID = [
     GroupConfig(gpu_count=8, ulysses_degree=8),
     GroupConfig(gpu_count=4, ulysses_degree=4, attention="sage", timeout_s=10),
     GroupConfig(gpu_count=2, ulysses_degree=1, fsdp=True),
+    GroupConfig(gpu_count=2, ulysses_degree=1, cfg_degree=2),
+    GroupConfig(gpu_count=8, ulysses_degree=4, cfg_degree=2),
     GroupConfig(gpu_count=2, ulysses_degree=2, fsdp=True, fsdp_cpu_offload=True),
 ]
 
@@ -30,7 +32,6 @@ INVALID = [
      "Unknown attention backend 'xformers': choose one of sdpa, flash, sage."),
     (GroupConfig(gpu_count=2, timeout_s=5), "Collective timeout 5 s is too short: set it to 10 s or more."),
     (GroupConfig(gpu_count=2, ulysses_degree=1, ring_degree=2), "Ring attention is not available yet: set Ring degree to 1."),
-    (GroupConfig(gpu_count=2, ulysses_degree=1, cfg_degree=2), "CFG-parallel is not available yet: set CFG degree to 1."),
     (GroupConfig(gpu_count=4, ulysses_degree=2),
      "Data parallel is not available yet: set Ulysses degree × Ring degree × CFG degree = GPU count (4), "
      "or turn FSDP on to shard the weights over the GPUs."),

@@ -103,3 +103,19 @@ def test_wan22_two_model_chain_equals_single_process(tandem_group, checkpoint, t
     error = ((latent - expected).norm() / expected.norm()).item()
     print(f"Wan 2.2 two-model chain: relative error {error:.2e}")
     assert error < 1e-4
+
+
+def test_cfg_parallel_equals_single_process(_tandem_session, checkpoint):
+    """CFG degree 2: positive on one worker, negative on the other, predictions swapped every step."""
+    from tandem.parallel.degrees import GroupConfig
+    from tandem.workers import group as groups
+
+    path = str(checkpoint("wan21_i2v"))
+    req = request("wan21_i2v", (3, 6, 10), "dpmpp_2m")
+    expected = single_process(path, "wan21_i2v", req)
+    group = groups.start(GroupConfig(gpu_count=2, ulysses_degree=1, cfg_degree=2, timeout_s=60))
+    key = group.call("load", path, "default")[0]["key"]
+    (latent, _), (none, _) = group.call("sample", key, req)
+    error = ((latent - expected).norm() / expected.norm()).item()
+    print(f"CFG-parallel 2: relative error {error:.2e}")
+    assert none is None and error < 1e-4

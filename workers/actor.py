@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
 from ..models import adapter_for
-from ..parallel import fsdp, process_group, weights
+from ..parallel import cfg, fsdp, process_group, weights
 from ..parallel.attention import resolve_backend
 from ..parallel.degrees import GroupConfig, TandemConfigError, validate_heads
 from ..parallel.sequence import SequenceShard
@@ -43,6 +43,7 @@ class Worker:
         self.models: dict[tuple, object] = {}
         self.shards: dict[tuple, object] = {}
         self.sequence_group = None
+        self.cfg_group = None
         self.warnings: list[str] = []
         self._progress = (0, 0)
         self._interrupt = threading.Event()
@@ -55,6 +56,7 @@ class Worker:
         process_group.join(host, port, self.rank, self.config.world_size, self.device, self.config.timeout_s)
         process_group.self_test(self.device, self.config.timeout_s)
         self.sequence_group = process_group.sequence_group(self.config, self.rank)
+        self.cfg_group = cfg.cfg_group(self.config, self.rank)
         self.mesh = init_device_mesh(self.device.type, (self.config.world_size,)) if self.config.fsdp else None
         self.attend, warning = resolve_backend(self.config.attention, self.device)
         if warning:
@@ -115,6 +117,9 @@ class Worker:
                                         "it is incomplete or not this kind of model")
             model.device = self.device
             patcher = weights.ResidentModelPatcher(model, load_device=self.device, offload_device=self.device)
+        if self.cfg_group is not None:
+            patcher.model_options["sampler_calc_cond_batch_function"] = cfg.split_branches(
+                self.cfg_group, cfg.branch_of(self.config, self.rank))
         return patcher, shard
 
     def sample(self, key: tuple, request: SampleRequest) -> tuple[torch.Tensor | None, dict]:
