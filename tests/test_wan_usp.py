@@ -72,6 +72,7 @@ def test_ulysses2_equals_single_process(tandem_group, checkpoint, family, shape,
 
     tokens = shape[0] * (shape[1] // 2) * (shape[2] // 2)
     for stats in (stats0, stats1):                      # each rank's blocks saw half the tokens, never all
+        assert stats["rows"] == 2 * STEPS                # positive and negative both, on every worker
         assert stats["block_tokens"] == [math.ceil(tokens / 2)]
         assert stats["attention_calls"] >= STEPS * 2     # every self-attention went through the all-to-all
 
@@ -115,7 +116,8 @@ def test_cfg_parallel_equals_single_process(_tandem_session, checkpoint):
     expected = single_process(path, "wan21_i2v", req)
     group = groups.start(GroupConfig(gpu_count=2, ulysses_degree=1, cfg_degree=2, timeout_s=60))
     key = group.call("load", path, "default")[0]["key"]
-    (latent, _), (none, _) = group.call("sample", key, req)
+    (latent, stats0), (none, stats1) = group.call("sample", key, req)
     error = ((latent - expected).norm() / expected.norm()).item()
-    print(f"CFG-parallel 2: relative error {error:.2e}")
+    print(f"CFG-parallel 2: relative error {error:.2e}, rows per worker {stats0['rows']}, {stats1['rows']}")
     assert none is None and error < 1e-4
+    assert stats0["rows"] == stats1["rows"] == req.steps      # each worker ran one branch: one row per step

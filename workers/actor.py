@@ -46,6 +46,7 @@ class Worker:
         self.cfg_group = None
         self.warnings: list[str] = []
         self._progress = (0, 0)
+        self._rows = 0                 # latent rows the DiT ran this job: CFG-parallel halves them
         self._interrupt = threading.Event()
 
     def address(self) -> tuple[str, int]:
@@ -117,10 +118,14 @@ class Worker:
                                         "it is incomplete or not this kind of model")
             model.device = self.device
             patcher = weights.ResidentModelPatcher(model, load_device=self.device, offload_device=self.device)
+        diffusion_model.register_forward_pre_hook(self._count_rows)
         if self.cfg_group is not None:
             patcher.model_options["sampler_calc_cond_batch_function"] = cfg.split_branches(
                 self.cfg_group, cfg.branch_of(self.config, self.rank))
         return patcher, shard
+
+    def _count_rows(self, module, args) -> None:
+        self._rows += args[0].shape[0] if args else 0
 
     def sample(self, key: tuple, request: SampleRequest) -> tuple[torch.Tensor | None, dict]:
         """Run ComfyUI's sampler; rank 0 returns the latent, every rank returns what it computed on."""
@@ -129,6 +134,7 @@ class Worker:
         if shard is not None:
             shard.reset_stats()
         self._interrupt.clear()
+        self._rows = 0
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         step_ends = [time.perf_counter()]
@@ -140,7 +146,7 @@ class Worker:
                 raise comfy.model_management.InterruptProcessingException()
 
         samples = run_ksampler(patcher, request, on_step)
-        stats = {"rank": self.rank, **(shard.stats() if shard else {}),
+        stats = {"rank": self.rank, "rows": self._rows, **(shard.stats() if shard else {}),
                  "step_s": [b - a for a, b in zip(step_ends, step_ends[1:])]}
         if self.device.type == "cuda":
             stats["peak_vram_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
