@@ -1,4 +1,6 @@
 """The worker group behind Tandem Init: 2 real Ray actors on gloo, started, reused, restarted, stopped."""
+import time
+
 import ray
 
 from tandem.parallel.degrees import GroupConfig
@@ -9,6 +11,18 @@ CONFIG = GroupConfig(gpu_count=2, ulysses_degree=2, timeout_s=60)
 
 def pids(group: groups.Group) -> list[int]:
     return [info["pid"] for info in group.workers]
+
+
+def wait_until_dead(actor, timeout_s: float = 30) -> None:
+    """ray.kill only asks; a ping can still be answered until the process is gone."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.ping.remote(), timeout=5)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the killed worker still answers")
 
 
 def test_group_starts_reuses_and_restarts(tandem_group):
@@ -29,6 +43,7 @@ def test_group_starts_reuses_and_restarts(tandem_group):
     assert groups.fingerprint(changed) == before                       # ComfyUI caches the new group's output
 
     ray.kill(restarted.actors[1])                                      # a worker dies between prompts
+    wait_until_dead(restarted.actors[1])
     assert groups.fingerprint(changed) != before                       # so Tandem Init runs again ...
     healed = groups.start(changed)                                     # ... and gets a working group
     assert healed is not restarted and healed.alive()
