@@ -50,3 +50,17 @@ def sequence_group(config: GroupConfig, rank: int) -> dist.ProcessGroup | None:
         if start <= rank < start + size:
             mine = group
     return mine
+
+
+def host_group(host: str, rank: int) -> dist.ProcessGroup:
+    """The ranks on this rank's host (by IP), which share one page cache and read each file once between them."""
+    hosts: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(hosts, host)
+    if len(set(hosts)) == 1:
+        return dist.group.WORLD
+    mine = None
+    for name in sorted(set(hosts)):
+        group = dist.new_group([r for r, h in enumerate(hosts) if h == name])
+        if name == host:
+            mine = group
+    return mine

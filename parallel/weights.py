@@ -2,9 +2,13 @@
 
 ``comfy.utils.load_torch_file`` returns tensors that view the safetensors mmap, i.e. the page cache that every
 worker on the host shares. ComfyUI's own loader then copies them into a CPU model (one private copy per worker);
-Tandem instead copies each tensor straight to its device (or, on a CPU worker whose dtype matches, uses the mmap
-view itself), and with FSDP each rank copies only its own dim-0 shard.
+Tandem instead reads each tensor straight to its device (``staging``; on a CPU worker whose dtype matches it uses
+the mmap view itself), with FSDP each rank reads only its own dim-0 shard, and full tensors are read once per host
+and broadcast to the host's other GPUs (``Fanout``), so N GPUs cost one read of the file, split N ways.
 """
+from collections.abc import Callable
+from functools import partial
+
 import comfy.model_base
 import comfy.model_detection
 import comfy.model_management
@@ -12,7 +16,10 @@ import comfy.model_patcher
 import comfy.patcher_extension
 import comfy.utils
 import torch
+import torch.distributed as dist
 from torch.distributed.tensor import DTensor
+
+from .staging import FileRanges, Stager
 
 
 def open_checkpoint(path: str) -> tuple[dict, dict | None]:
@@ -53,78 +60,115 @@ def build_on_meta(sd: dict, metadata: dict | None, model_options: dict, unet_con
 CONSTRUCTED_DEFAULTS = {"scale_weight": 1.0, "scale_input": 1.0}
 
 
-class PinnedStager:
-    """mmap (pageable) → pinned buffer (CPU threads) → GPU (copy engine), with two buffers so the CPU copy of
-    one tensor overlaps the upload of the previous one; pageable uploads would stage through the driver."""
-
-    def __init__(self, device: torch.device, capacity: int = 256 << 20):
-        self.device = device
-        self.buffers = [torch.empty(capacity, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
-        self.uploaded: list[torch.cuda.Event | None] = [None, None]
-        self.turn = 0
-
-    def upload(self, source: torch.Tensor) -> torch.Tensor:
-        nbytes = source.numel() * source.element_size()
-        if nbytes > self.buffers[0].numel() or not source.is_contiguous():
-            return source.to(self.device)
-        if self.uploaded[self.turn] is not None:
-            self.uploaded[self.turn].synchronize()          # this buffer's previous upload has left
-        staged = self.buffers[self.turn][:nbytes].view(source.dtype).view(source.shape)
-        staged.copy_(source)
-        out = torch.empty(source.shape, dtype=source.dtype, device=self.device)
-        out.copy_(staged, non_blocking=True)
-        self.uploaded[self.turn] = torch.cuda.Event()
-        self.uploaded[self.turn].record()
-        self.turn ^= 1
-        return out
+FANOUTS = ("striped", "rank0", "every-rank")
 
 
-def _place(source: torch.Tensor, like: torch.Tensor, device: torch.device, stager: PinnedStager | None
-           ) -> torch.Tensor:
-    """``source`` as a tensor of ``like``'s dtype on ``device`` (cast there); the mmap view when nothing changes."""
-    if device.type == "cpu":
-        return source if source.dtype == like.dtype else source.to(like.dtype)
-    return (stager.upload(source) if stager else source.to(device)).to(like.dtype)
+class Fanout:
+    """Read each full tensor once per host and broadcast it to the host's other ranks.
+
+    ``striped``: each tensor is read by the rank that has read the fewest bytes so far, so the N ranks of a host
+    each read 1/N of the file in parallel and the GPU link carries the rest. ``rank0``: rank 0 reads everything.
+    """
+
+    def __init__(self, group: dist.ProcessGroup, striped: bool):
+        self.group, self.striped = group, striped
+        self.me = dist.get_rank(group)
+        self.read_bytes = [0] * dist.get_world_size(group)
+        self.works: list[dist.Work] = []
+
+    def owner(self, nbytes: int) -> int:
+        rank = self.read_bytes.index(min(self.read_bytes)) if self.striped else 0
+        self.read_bytes[rank] += nbytes
+        return rank
+
+    def broadcast(self, t: torch.Tensor, owner: int) -> dist.Work:
+        """Broadcast ``t``'s bytes (gloo has no float8 dtype; bytes are exact for any dtype)."""
+        work = dist.broadcast(t.reshape(-1).view(torch.uint8), src=dist.get_global_rank(self.group, owner), group=self.group, async_op=True)
+        self.works.append(work)
+        return work
+
+
+def _fill_full(source: torch.Tensor, dtype: torch.dtype, device: torch.device, stager: Stager,
+               fanout: Fanout | None, assign: Callable[[torch.Tensor], None]) -> None:
+    """Queue ``source`` into a new tensor on ``device`` (read here, or broadcast by the rank that reads it), cast to
+    ``dtype`` on the device, then ``assign`` it."""
+    dst = torch.empty(source.shape, dtype=source.dtype, device=device)
+
+    def done(work: dist.Work | None = None) -> None:
+        if dst.dtype == dtype:
+            assign(dst)
+            return
+        if work is not None:
+            work.wait()
+        assign(dst.to(dtype))
+
+    if fanout is None:
+        stager.put(source, dst, then=done)
+        return
+    owner = fanout.owner(dst.numel() * dst.element_size())
+    stager.put(source if owner == fanout.me else None, dst, then=lambda: done(fanout.broadcast(dst, owner)))
 
 
 @torch.no_grad()
-def materialize(module: torch.nn.Module, sd: dict, device: torch.device) -> list[str]:
+def materialize(module: torch.nn.Module, sd: dict, device: torch.device, ranges: FileRanges | None = None,
+                fanout: Fanout | None = None, threads: int = 2) -> list[str]:
     """Replace every meta parameter/buffer of ``module`` by the file's tensor on ``device``; return what stayed
     unfilled (keys the file lacks, and buffers a model computes at construction, which ``meta`` cannot keep).
 
-    FSDP-sharded parameters (DTensors, already allocated by ``to_empty``) get only this rank's shard.
+    FSDP-sharded parameters (DTensors, already allocated by ``to_empty``) get only this rank's shard. On a CPU
+    worker without ``fanout`` the full tensors are the mmap views themselves (the shared page cache).
     """
     missing = []
-    stager = PinnedStager(device) if device.type == "cuda" else None
-    for name, tensor in list(module.state_dict(keep_vars=True).items()):
-        owner_name, _, attr = name.rpartition(".")
-        if name not in sd and attr in CONSTRUCTED_DEFAULTS and not isinstance(tensor, DTensor):
-            sd[name] = torch.full(tensor.shape, CONSTRUCTED_DEFAULTS[attr], dtype=tensor.dtype)
-        if name not in sd:
-            missing.append(name)
-            continue
-        owner = module.get_submodule(owner_name)
-        if isinstance(tensor, DTensor):
-            _fill_shard(tensor, sd[name])
-        elif attr in owner._parameters:
-            owner._parameters[attr] = torch.nn.Parameter(_place(sd[name], tensor, device, stager),
-                                                         requires_grad=False)
-        else:
-            owner._buffers[attr] = _place(sd[name], tensor, device, stager)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    stager = Stager(ranges, threads) if device.type == "cuda" or fanout is not None else None
+    try:
+        for name, tensor in list(module.state_dict(keep_vars=True).items()):
+            owner_name, _, attr = name.rpartition(".")
+            if name not in sd and attr in CONSTRUCTED_DEFAULTS and not isinstance(tensor, DTensor):
+                sd[name] = torch.full(tensor.shape, CONSTRUCTED_DEFAULTS[attr], dtype=tensor.dtype)
+            if name not in sd:
+                missing.append(name)
+                continue
+            owner = module.get_submodule(owner_name)
+            assign = partial(_assign, owner, attr)
+            if isinstance(tensor, DTensor):
+                _fill_shard(tensor, sd[name], stager)
+            elif stager is None:
+                assign(sd[name] if sd[name].dtype == tensor.dtype else sd[name].to(tensor.dtype))
+            else:
+                _fill_full(sd[name], tensor.dtype, device, stager, fanout, assign)
+    finally:
+        if stager is not None:
+            stager.finish()
+    for work in fanout.works if fanout else ():
+        work.wait()
     unfilled = [n for n, t in (*module.named_parameters(), *module.named_buffers()) if t.is_meta]   # non-persistent
     return missing + [n for n in unfilled if n not in missing]
 
 
-def _fill_shard(param: DTensor, full: torch.Tensor) -> None:
-    """Copy this rank's dim-0 chunk of ``full`` (torch.chunk, as FSDP2 shards) into the sharded parameter."""
+def _assign(owner: torch.nn.Module, attr: str, value: torch.Tensor) -> None:
+    if attr in owner._parameters:
+        owner._parameters[attr] = torch.nn.Parameter(value, requires_grad=False)
+    else:
+        owner._buffers[attr] = value
+
+
+def _fill_shard(param: DTensor, full: torch.Tensor, stager: Stager | None) -> None:
+    """Copy this rank's dim-0 chunk of ``full`` (torch.chunk, as FSDP2 shards) into the sharded parameter: a
+    contiguous byte range of the file, read by this rank alone."""
     local = param.to_local()
     mesh = param.device_mesh
     chunks = torch.chunk(full, mesh.size(), dim=0)
     rank = mesh.get_local_rank()
-    if rank < len(chunks) and local.numel():
-        local.copy_(chunks[rank].to(local.device, non_blocking=True))
+    if rank >= len(chunks) or not local.numel():
+        return
+    chunk = chunks[rank]
+    if stager is None:
+        local.copy_(chunk)
+    elif chunk.dtype == local.dtype and local.is_contiguous():
+        stager.put(chunk, local)
+    else:
+        staged = torch.empty(chunk.shape, dtype=chunk.dtype, device=local.device)
+        stager.put(chunk, staged, then=lambda: local.copy_(staged))
 
 
 class ResidentModelPatcher(comfy.model_patcher.ModelPatcher):

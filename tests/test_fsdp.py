@@ -100,3 +100,26 @@ def test_fsdp_alone_runs_a_family_without_an_adapter(_tandem_session, checkpoint
     error = ((latent - expected).norm() / expected.norm()).item()
     print(f"LTXV, FSDP over 2: relative error {error:.2e}, local parameters {[i['local_params'] for i in infos]}")
     assert error < 1e-4
+
+
+@pytest.mark.parametrize("fanout", ["striped", "rank0"])
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_weights_read_once_per_host_and_broadcast(_tandem_session, checkpoint, fanout, fsdp):
+    """The host's ranks split reading the file (striped) or rank 0 reads it, and the others receive each tensor by
+    broadcast: the sample equals single-process ComfyUI only if every rank got every weight. Scaled fp8 mixes
+    dtypes, so FSDP also broadcasts its replicated (non-majority) tensors."""
+    path = str(checkpoint("wan21_t2v_scaled_fp8"))
+    req = request("wan21_t2v", SHAPE, "euler")
+    expected = single_process(path, "wan21_t2v_scaled_fp8", req)
+
+    group = groups.start(GroupConfig(gpu_count=2, ulysses_degree=2, fsdp=fsdp, timeout_s=60))
+    infos = group.call("load", path, "default", None, fanout)
+    (latent, _), _ = group.call("sample", infos[0]["key"], req)
+    error = ((latent - expected).norm() / expected.norm()).item()
+    read = [i["read_bytes"] for i in infos]
+    print(f"{fanout}, FSDP {fsdp}: bytes read per rank {read}, relative error {error:.2e}")
+    assert error < 1e-4
+    if fanout == "rank0":
+        assert read[1] == 0 < read[0]
+    else:
+        assert min(read) > 0.4 * max(read)

@@ -17,6 +17,7 @@ from ..parallel import cfg, fsdp, process_group, weights
 from ..parallel.attention import resolve_backend
 from ..parallel.degrees import GroupConfig, TandemConfigError, validate_heads
 from ..parallel.sequence import SequenceShard
+from ..parallel.staging import FileRanges, reader_threads
 from .sampling import SampleRequest, run_ksampler
 
 
@@ -42,6 +43,7 @@ class Worker:
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         self.models: dict[tuple, object] = {}
         self.shards: dict[tuple, object] = {}
+        self.read_bytes: dict[tuple, int | None] = {}   # full-tensor bytes this rank read for the host (fan-out)
         self.sequence_group = None
         self.cfg_group = None
         self.warnings: list[str] = []
@@ -56,6 +58,7 @@ class Worker:
         """Join the process group, pass the self-test, build the layout's sub-groups."""
         process_group.join(host, port, self.rank, self.config.world_size, self.device, self.config.timeout_s)
         process_group.self_test(self.device, self.config.timeout_s)
+        self.host_group = process_group.host_group(ray.util.get_node_ip_address(), self.rank)
         self.sequence_group = process_group.sequence_group(self.config, self.rank)
         self.cfg_group = cfg.cfg_group(self.config, self.rank)
         self.mesh = init_device_mesh(self.device.type, (self.config.world_size,)) if self.config.fsdp else None
@@ -68,15 +71,18 @@ class Worker:
     def ping(self) -> int:
         return os.getpid()
 
-    def load(self, path: str, weight_dtype: str, unet_config: dict | None = None) -> dict:
+    def load(self, path: str, weight_dtype: str, unet_config: dict | None = None, fanout: str | None = None) -> dict:
         """Load (or reuse) a diffusion model, weights once per host, prepared for this group's parallel layout.
 
-        ``unet_config`` overrides what ComfyUI's detection infers from the file's keys."""
+        ``unet_config`` overrides what ComfyUI's detection infers from the file's keys; ``fanout`` (one of
+        ``weights.FANOUTS``) overrides how the host's ranks share reading the file (see ``_fanout``)."""
         stat = os.stat(path)
-        key = (path, weight_dtype, stat.st_size, stat.st_mtime_ns, json.dumps(unet_config, sort_keys=True))
+        key = (path, weight_dtype, stat.st_size, stat.st_mtime_ns, json.dumps(unet_config, sort_keys=True), fanout)
         if key not in self.models:
             try:
-                patcher, shard = self._load(path, model_options(weight_dtype), unet_config)
+                share = self._fanout(fanout)
+                patcher, shard = self._load(path, model_options(weight_dtype), unet_config, share)
+                self.read_bytes[key] = share.read_bytes[share.me] if share else None
             except torch.OutOfMemoryError:
                 raise TandemConfigError(
                     f"{os.path.basename(path)} does not fit in this GPU's memory: turn FSDP on in Tandem Init "
@@ -85,12 +91,25 @@ class Worker:
         patcher = self.models[key]
         params = list(patcher.model.diffusion_model.parameters())
         return {"key": key, "model": type(patcher.model.model_config).__name__,
+                "read_bytes": self.read_bytes[key],
                 "local_params": sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in params),
                 "dtypes": sorted({str(p.dtype) for p in params})}
 
-    def _load(self, path: str, options: dict, unet_config: dict | None
+    def _fanout(self, choice: str | None) -> weights.Fanout | None:
+        """How this host's ranks share reading the file. By default each GPU reads 1/N of it and broadcasts that
+        to the others (``striped``): the GPU link (NVLink ~ 100+ GB/s, PCIe ≥ 16 GB/s) outruns one process copying
+        from the page cache, and the file is read from disk at most once. CPU workers share the mmap itself."""
+        choice = choice or ("striped" if self.device.type == "cuda" else "every-rank")
+        if choice not in weights.FANOUTS:
+            raise TandemConfigError(f"unknown weight fan-out {choice!r}: use one of {', '.join(weights.FANOUTS)}")
+        if choice == "every-rank" or dist.get_world_size(self.host_group) == 1:
+            return None
+        return weights.Fanout(self.host_group, striped=choice == "striped")
+
+    def _load(self, path: str, options: dict, unet_config: dict | None, fanout: weights.Fanout | None
               ) -> tuple[comfy.model_patcher.ModelPatcher, SequenceShard | None]:
         sd, metadata = weights.open_checkpoint(path)
+        ranges = FileRanges(path, sd) if path.lower().endswith((".safetensors", ".sft")) else None
         model, sd = weights.build_on_meta(sd, metadata, options, unet_config)
         if model is None:
             if self.config.fsdp:
@@ -111,7 +130,9 @@ class Worker:
                 fsdp.shard(diffusion_model, fsdp.transformer_blocks(diffusion_model), self.mesh,
                            self.config.fsdp_cpu_offload)
                 diffusion_model.to_empty(device="cpu" if self.config.fsdp_cpu_offload else self.device)
-            missing = weights.materialize(diffusion_model, sd, self.device)
+            local_ranks = dist.get_world_size(self.host_group)
+            missing = weights.materialize(diffusion_model, sd, self.device, ranges, fanout,
+                                          reader_threads(local_ranks))
             if missing:
                 raise TandemConfigError(f"{os.path.basename(path)} lacks {len(missing)} weights that ComfyUI's "
                                         f"{type(model.model_config).__name__} needs (e.g. {missing[0]}): "

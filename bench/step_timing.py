@@ -1,0 +1,82 @@
+"""Why a per-step callback and (t(6) − t(2)) / 4 can disagree about ComfyUI's s/step: both, measured in one process.
+
+    python bench/step_timing.py [--model wan2.1-1.3b] [--cache DIR]
+
+ComfyUI alone on one GPU (its loader, ``comfy.sample``), same inputs as the harness. In this order, from a fresh
+load: 2 steps and 6 steps with no warm-up, timing each step by the time between sampler callbacks (no CUDA
+synchronisation: what a callback sees) and each run by its wall time (which ends when the latent is on the CPU);
+then the same again warm; then 6 steps with a CUDA synchronisation in the callback. Prints one JSON line per run.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from _tandem import import_tandem
+from cell import conditioning, request
+from matrix import MODELS
+from run import find_comfyui
+from weights import file_name
+
+HERE = Path(__file__).resolve().parent
+
+
+def timed(model, inputs: dict, cfg: float, steps: int, sync: bool) -> dict:
+    from tandem.workers.sampling import run_ksampler
+
+    marks = []
+
+    def on_step(*_):
+        if sync and torch.cuda.is_available():
+            torch.cuda.synchronize()
+        marks.append(time.perf_counter())
+
+    start = time.perf_counter()
+    run_ksampler(model, request(inputs, cfg, steps), on_step)
+    wall = time.perf_counter() - start
+    gaps = [b - a for a, b in zip([start, *marks], marks)]
+    return {"steps": steps, "sync": sync, "wall_s": wall, "callback_gaps_s": gaps,
+            "callback_mean_s": (marks[-1] - start) / steps, "callback_median_s": statistics.median(gaps)}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="wan2.1-1.3b", choices=MODELS)
+    p.add_argument("--cache", type=Path, default=Path(os.environ.get("TANDEM_BENCH_CACHE",
+                                                                      Path.home() / ".cache" / "tandem-bench")))
+    args = p.parse_args()
+    find_comfyui()
+    path = args.cache / file_name(args.model)
+    if not path.exists():
+        args.cache.mkdir(parents=True, exist_ok=True)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        subprocess.run([sys.executable, str(HERE / "weights.py"), args.model, str(path), "--device", device],
+                       check=True, cwd=HERE)
+    import_tandem()
+    import comfy.sd
+
+    spec = MODELS[args.model]
+    model = comfy.sd.load_diffusion_model(str(path))
+    inputs = conditioning(spec, spec.size)
+    runs = {}
+    for phase in ("cold", "warm"):
+        for steps in (2, 6):
+            runs[f"{phase}-{steps}"] = timed(model, inputs, spec.cfg, steps, sync=False)
+            print(json.dumps({"run": f"{phase}-{steps}", **runs[f"{phase}-{steps}"]}), flush=True)
+    runs["warm-6-sync"] = timed(model, inputs, spec.cfg, 6, sync=True)
+    print(json.dumps({"run": "warm-6-sync", **runs["warm-6-sync"]}), flush=True)
+    for phase in ("cold", "warm"):
+        diff = (runs[f"{phase}-6"]["wall_s"] - runs[f"{phase}-2"]["wall_s"]) / 4
+        print(f"{phase}: (t6 − t2)/4 = {diff:.3f} s/step; callback mean over the 6-step run "
+              f"{runs[f'{phase}-6']['callback_mean_s']:.3f}, median gap {runs[f'{phase}-6']['callback_median_s']:.3f}")
+    print(f"synchronised callback median {runs['warm-6-sync']['callback_median_s']:.3f} s/step")
+
+
+if __name__ == "__main__":
+    main()
