@@ -51,13 +51,13 @@ class Stager:
     callback; ``finish`` drains it. A callback runs on the calling thread once every copy queued before it has been
     issued to its device (a GPU copy may still be in flight, ordered on the current stream)."""
 
-    def __init__(self, ranges: FileRanges | None, threads: int, slots: int = 12, slot_bytes: int = 32 << 20):
+    def __init__(self, ranges: FileRanges | None, threads: int, slot_bytes: int = 16 << 20):
         self.ranges = ranges if ranges is not None and ranges.base is not None else None
         self.fd = os.open(self.ranges.path, os.O_RDONLY) if self.ranges else None
         self.pool = ThreadPoolExecutor(threads)
         self.slot_bytes = slot_bytes
         pin = torch.cuda.is_available()
-        self.free = deque(torch.empty(slot_bytes, dtype=torch.uint8, pin_memory=pin) for _ in range(slots))
+        self.free = deque(torch.empty(slot_bytes, dtype=torch.uint8, pin_memory=pin) for _ in range(2 * threads))
         self.uploads: dict[int, torch.cuda.Event] = {}      # slot address -> its last upload
         self.queue: deque[tuple] = deque()                  # (read, slot, n, dst bytes) or (None, callback)
 
@@ -87,6 +87,10 @@ class Stager:
             self.pool.shutdown(cancel_futures=True)
             if self.fd is not None:
                 os.close(self.fd)
+            self.free.clear()
+            self.uploads.clear()
+            if torch.cuda.is_available():
+                torch._C._host_emptyCache()     # hand the pinned slots back: they would stay as private host RAM
 
     def _take_slot(self) -> torch.Tensor:
         while not self.free:
