@@ -15,14 +15,16 @@ Partial = tuple[torch.Tensor, torch.Tensor]   # output [B, H, S, D] and its log-
 def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Partial:
     """Softmax attention of [B, H, Sq, D] q over k, v, and the natural log-sum-exp of each query's scores.
 
-    The fused kernels that return the log-sum-exp: PyTorch's flash kernel on CPU, on CUDA its flash kernel for half
-    precision and its memory-efficient kernel otherwise (which pads the log-sum-exp's rows to a multiple of 32);
-    plain math elsewhere. Every kernel needs at least one query (the CPU one crashes on none).
+    The fused kernels that return the log-sum-exp: PyTorch's flash kernel on CPU; on CUDA its flash kernel for half
+    precision (head dim a multiple of 8, at most 256) and its memory-efficient kernel otherwise (which pads the
+    log-sum-exp's rows to a multiple of 32); plain math elsewhere. Every kernel needs at least one query (the CPU one
+    crashes on none).
     """
     if q.device.type == "cpu":
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
         return out, lse
-    if q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:
+    half = q.dtype in (torch.float16, torch.bfloat16)
+    if q.device.type == "cuda" and half and q.shape[-1] <= 256 and q.shape[-1] % 8 == 0:
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)[:2]
         return out, lse
     if q.device.type == "cuda":

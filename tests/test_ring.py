@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tandem.parallel.attention import resolve_backend
 from tandem.parallel.process_group import free_port
 from tandem.parallel.ring import attention_with_lse, math_attention_with_lse, merge
 
@@ -51,6 +52,12 @@ def test_merging_key_chunks_in_any_order_equals_sdpa(scale):
     assert torch.isfinite(acc[0]).all()
     assert (acc[0] - expected).abs().max() < 1e-5 * expected.abs().max()
     assert (acc[1] - (q @ k.transpose(-1, -2) / 4).logsumexp(-1)).abs().max() < 1e-3 * scale
+
+
+def test_other_backends_warn_that_ring_uses_sdpa_kernels():
+    attend, warning = resolve_backend("flash", torch.device("cpu"), ring=True)
+    assert "Ring degree > 1" in warning and "log-sum-exp" in warning
+    assert resolve_backend("sdpa", torch.device("cpu"), ring=True)[1] is None
 
 
 def run_ranks(world: int) -> list[dict]:
