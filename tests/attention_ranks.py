@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 if "tandem" not in sys.modules:    # the checkout may be named anything: import it as ``tandem`` (as conftest does)
-    _spec = importlib.util.spec_from_file_location("tandem", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    _spec = importlib.util.spec_from_file_location("tandem", ROOT / "__init__.py",
+                                                    submodule_search_locations=[str(ROOT)])
     sys.modules["tandem"] = importlib.util.module_from_spec(_spec)
 
 from tandem.parallel import process_group  # noqa: E402
