@@ -1,4 +1,4 @@
-"""The attention kernel each rank runs on its heads, and the ComfyUI attention override that adds Ulysses.
+"""The attention kernel each rank runs on its heads, and the ComfyUI attention override that adds Ulysses × Ring.
 
 ComfyUI routes every ``optimized_attention`` call through ``transformer_options["optimized_attention_override"]``
 when it is set; model adapters set it only for the sequence-mixing (self/joint) attention, never for
@@ -31,11 +31,17 @@ def _sage(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 _BACKENDS = {"sdpa": (_sdpa, None), "flash": (_flash, "flash_attn"), "sage": (_sage, "sageattention")}
 
 
-def resolve_backend(name: str, device: torch.device) -> tuple[AttentionFn, str | None]:
-    """The kernel for ``name``, or SDPA and a warning saying why ``name`` cannot run here."""
+def resolve_backend(name: str, device: torch.device, ring: bool = False) -> tuple[AttentionFn, str | None]:
+    """The kernel for ``name``, or SDPA and a warning saying why ``name`` cannot run here.
+
+    Under a ring every sequence-parallel attention runs PyTorch's fused kernels that return the log-sum-exp the ring's
+    merge needs (see ring.py), so another backend would not be used."""
     fn, package = _BACKENDS[name]
     if package is None:
         return fn, None
+    if ring:
+        return _sdpa, (f"attention backend {name!r} is not used with Ring degree > 1: ring attention runs PyTorch's "
+                       "fused SDPA kernels, which return the log-sum-exp it merges with")
     if device.type != "cuda":
         return _sdpa, f"attention backend {name!r} needs a CUDA GPU; using SDPA on {device.type}"
     if importlib.util.find_spec(package) is None:
@@ -59,7 +65,7 @@ def _override(run: Callable) -> Callable:
 
 
 def ulysses_override(shard: SequenceShard, attend: AttentionFn) -> Callable:
-    """An ``optimized_attention_override`` that runs the call as Ulysses attention over ``shard.group``."""
+    """An ``optimized_attention_override`` that runs the call as Ulysses (× Ring) attention over ``shard.group``."""
     return _override(lambda q, k, v, heads: ulysses_attention(q, k, v, heads, shard, attend))
 
 

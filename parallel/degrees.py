@@ -64,8 +64,6 @@ def validate(config: GroupConfig) -> None:
 
 def _validate_available_modes(config: GroupConfig) -> None:
     """Modes whose code has not landed yet; each check goes when its mode lands."""
-    if config.ring_degree > 1:
-        raise TandemConfigError("Ring attention is not available yet: set Ring degree to 1.")
     if config.dp_degree > 1 and not config.fsdp:
         raise TandemConfigError(
             f"Data parallel is not available yet: set Ulysses degree × Ring degree × CFG degree = GPU count "

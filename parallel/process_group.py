@@ -34,22 +34,40 @@ def self_test(device: torch.device, timeout_s: float) -> None:
                            f"expected {dist.get_world_size()}")
 
 
-def sequence_group(config: GroupConfig, rank: int) -> dist.ProcessGroup | None:
-    """The group of ranks that share one sequence (Ulysses × Ring); consecutive ranks, so NVLink-near.
+def _new_group(ranks: list[int]) -> dist.ProcessGroup:
+    return dist.group.WORLD if len(ranks) == dist.get_world_size() else dist.new_group(ranks)
 
-    Every rank must create every group, in the same order, even those it is not part of.
+
+def sequence_groups(config: GroupConfig, rank: int) -> tuple[dist.ProcessGroup | None, dist.ProcessGroup | None,
+                                                              dist.ProcessGroup | None]:
+    """This rank's (sequence, Ulysses, Ring) groups; None where the degree is 1 (all None without sequence parallel).
+
+    A sequence group is U × R consecutive ranks, so NVLink-near. Inside it the Ulysses groups are the U consecutive
+    ranks of each ring rank and the ring groups take every U-th rank (U 2 × R 2: Ulysses {0,1} {2,3}, Ring {0,2}
+    {1,3}): the all-to-all, which moves every token of q, k, v and the output at once and waits for all of it, runs
+    between the nearest ranks (one NVLink island or host), while the ring's point-to-point transfers hide behind
+    attention compute and tolerate the farther link. Every rank creates every group, in the same order.
     """
-    size = config.sequence_degree
-    if size == 1:
-        return None
-    if size == dist.get_world_size():
-        return dist.group.WORLD
-    mine = None
-    for start in range(0, dist.get_world_size(), size):
-        group = dist.new_group(list(range(start, start + size)))
-        if start <= rank < start + size:
-            mine = group
-    return mine
+    u, r = config.ulysses_degree, config.ring_degree
+    if u * r == 1:
+        return None, None, None
+    mine: list[dist.ProcessGroup | None] = [None, None, None]
+    for start in range(0, dist.get_world_size(), u * r):
+        block = list(range(start, start + u * r))
+        split = u > 1 and r > 1           # with one degree above 1, the sequence group is that degree's group
+        ulysses = [block[j * u:(j + 1) * u] for j in range(r)] if split else []
+        ring = [block[i::u] for i in range(u)] if split else []
+        for kind, rank_lists in enumerate(([block], ulysses, ring)):
+            for ranks in rank_lists:
+                group = _new_group(ranks)
+                if rank in ranks:
+                    mine[kind] = group
+    sequence, ulysses_group, ring_group = mine
+    if r == 1:
+        ulysses_group = sequence
+    if u == 1:
+        ring_group = sequence
+    return sequence, ulysses_group, ring_group
 
 
 def host_group(host: str, rank: int) -> dist.ProcessGroup:

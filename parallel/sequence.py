@@ -2,6 +2,10 @@
 
 The sequence is padded at the end to a multiple of the group size; ``SequenceShard`` remembers the true
 length so attention can ignore the padding and ``gather`` can strip it, which keeps the result exact.
+
+A group of Ulysses degree U and Ring degree R is laid out Ulysses-inside-Ring: group rank g is Ulysses rank g % U of
+ring rank g // U. The U consecutive ranks of one ring rank trade heads, so after their all-to-all each holds its heads
+of their U consecutive slices: ring rank j's chunk is the padded sequence's tokens [j·U·local, (j+1)·U·local).
 """
 from dataclasses import dataclass, field
 
@@ -14,10 +18,16 @@ import torch.nn.functional as F
 class SequenceShard:
     """Per-forward state of one rank's slice of the token sequence."""
 
-    group: dist.ProcessGroup
+    group: dist.ProcessGroup          # every rank holding a slice of the sequence (Ulysses × Ring)
+    ulysses_group: dist.ProcessGroup | None = None   # ranks that trade heads; None: all of ``group`` unless a ring
+    ring_group: dist.ProcessGroup | None = None      # ranks that pass K/V chunks around; None: no ring
     total: int | None = None          # true token count of the current forward, None between forwards
     seen_block_tokens: set = field(default_factory=set)   # local lengths blocks ran on (proof of the split)
-    attention_calls: int = 0                              # Ulysses exchanges run (proof attention used them)
+    attention_calls: int = 0                              # sequence-parallel attentions run (proof they ran)
+
+    def __post_init__(self) -> None:
+        if self.ulysses_group is None and self.ring_group is None:
+            self.ulysses_group = self.group
 
     def reset_stats(self) -> None:
         self.seen_block_tokens.clear()
@@ -33,6 +43,27 @@ class SequenceShard:
     @property
     def rank(self) -> int:
         return dist.get_rank(self.group)
+
+    @property
+    def ring_size(self) -> int:
+        return 1 if self.ring_group is None else dist.get_world_size(self.ring_group)
+
+    @property
+    def ring_rank(self) -> int:
+        return self.rank // self.ulysses_size
+
+    @property
+    def ulysses_size(self) -> int:
+        return self.size // self.ring_size
+
+    @property
+    def ulysses_rank(self) -> int:
+        return self.rank % self.ulysses_size
+
+    def chunk_valid(self, ring_rank: int) -> int:
+        """Real (not padding) tokens in ring rank ``ring_rank``'s chunk; without a ring, ``total``."""
+        chunk = self.ulysses_size * self.local
+        return max(0, min(chunk, self.total - ring_rank * chunk))
 
     @property
     def local(self) -> int:

@@ -13,6 +13,12 @@ VALID = [
     GroupConfig(gpu_count=2, ulysses_degree=1, cfg_degree=2),
     GroupConfig(gpu_count=8, ulysses_degree=4, cfg_degree=2),
     GroupConfig(gpu_count=2, ulysses_degree=2, fsdp=True, fsdp_cpu_offload=True),
+    GroupConfig(gpu_count=2, ulysses_degree=1, ring_degree=2),
+    GroupConfig(gpu_count=4, ulysses_degree=1, ring_degree=4),
+    GroupConfig(gpu_count=4, ulysses_degree=2, ring_degree=2),
+    GroupConfig(gpu_count=8, ulysses_degree=4, ring_degree=2),      # Wan2.1-1.3B's 12 heads on 8 GPUs
+    GroupConfig(gpu_count=8, ulysses_degree=2, ring_degree=2, cfg_degree=2),
+    GroupConfig(gpu_count=4, ulysses_degree=1, ring_degree=2, fsdp=True),
 ]
 
 INVALID = [
@@ -31,8 +37,10 @@ INVALID = [
     (GroupConfig(gpu_count=2, attention="xformers"),
      "Unknown attention backend 'xformers': choose one of sdpa, flash, sage."),
     (GroupConfig(gpu_count=2, timeout_s=5), "Collective timeout 5 s is too short: set it to 10 s or more."),
-    (GroupConfig(gpu_count=2, ulysses_degree=1, ring_degree=2), "Ring attention is not available yet: set Ring degree to 1."),
     (GroupConfig(gpu_count=4, ulysses_degree=2),
+     "Data parallel is not available yet: set Ulysses degree × Ring degree × CFG degree = GPU count (4), "
+     "or turn FSDP on to shard the weights over the GPUs."),
+    (GroupConfig(gpu_count=4, ulysses_degree=1, ring_degree=2),
      "Data parallel is not available yet: set Ulysses degree × Ring degree × CFG degree = GPU count (4), "
      "or turn FSDP on to shard the weights over the GPUs."),
 ]
@@ -63,3 +71,11 @@ def test_ulysses_must_divide_heads():
         validate_heads(3, 40)
     assert str(error.value) == ("Ulysses degree 3 does not divide the model's 40 attention heads: use one of "
                                 "1, 2, 4, 5, 8, 10, 20, 40 (add Ring degree for more GPUs).")
+
+
+def test_ring_degree_need_not_divide_heads():
+    """Only Ulysses splits heads: Ulysses 4 × Ring 2 runs a 12-head model on 8 GPUs, which Ulysses 8 cannot."""
+    validate(GroupConfig(gpu_count=8, ulysses_degree=4, ring_degree=2))
+    validate_heads(4, 12)
+    with pytest.raises(TandemConfigError):
+        validate_heads(8, 12)

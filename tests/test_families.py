@@ -111,3 +111,18 @@ def test_joint_families_under_fsdp_equal_single_process(_tandem_session, checkpo
     assert error < 1e-4
     total = sum(p.numel() for p in build_model(family).model.diffusion_model.parameters())
     assert all(0.45 * total <= info["local_params"] <= 0.55 * total for info in infos)
+
+
+@pytest.mark.parametrize("case", ["15-tokens", "reference-21-tokens"])
+def test_flux_ring2_equals_single_process(_tandem_session, checkpoint, case):
+    """Joint attention under Ring 2: each rank attends to the replicated text K/V once, the image K/V go around."""
+    size, reference = CASES[case]
+    path = str(checkpoint("flux"))
+    req = request("flux", size, reference)
+    expected = single_process(path, "flux", req)
+    group = groups.start(GroupConfig(gpu_count=2, ulysses_degree=1, ring_degree=2, timeout_s=60))
+    key = group.call("load", path, "default", HEADS["flux"])[0]["key"]
+    (latent, stats0), (none, stats1) = group.call("sample", key, req)
+    assert none is None
+    check(latent, expected, [stats0, stats1], "flux", image_tokens(*filter(None, (size, reference))),
+          f"flux Ring 2 {case}")

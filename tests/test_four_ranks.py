@@ -1,8 +1,8 @@
 """Four workers (gloo, CPU): the degree combinations of a 4-GPU box equal single-process ComfyUI.
 
 Ulysses 4 splits a 4-head Wan's tokens four ways; Ulysses 2 × 2 runs two sequence groups with FSDP over all four;
-FSDP alone shards every tensor four ways; CFG 2 × Ulysses 2 runs positive and negative on two pairs. Ring is
-refused until it lands (see test_degrees).
+FSDP alone shards every tensor four ways; CFG 2 × Ulysses 2 runs positive and negative on two pairs;
+Ulysses 2 × Ring 2 trades heads within {0,1} and {2,3} and passes K/V around {0,2} and {1,3}.
 """
 import math
 
@@ -19,6 +19,7 @@ LAYOUTS = {
     "ulysses2x2+fsdp4": GroupConfig(gpu_count=4, ulysses_degree=2, fsdp=True, timeout_s=120),
     "fsdp4": GroupConfig(gpu_count=4, ulysses_degree=1, fsdp=True, timeout_s=120),
     "cfg2xulysses2": GroupConfig(gpu_count=4, ulysses_degree=2, cfg_degree=2, timeout_s=120),
+    "ulysses2xring2": GroupConfig(gpu_count=4, ulysses_degree=2, ring_degree=2, timeout_s=120),
 }
 
 

@@ -1,4 +1,4 @@
-"""Wan under Ulysses 2 on two gloo workers equals ComfyUI's KSamplerAdvanced in one process (fp32)."""
+"""Wan under Ulysses 2 (or Ring 2) on two gloo workers equals ComfyUI's KSamplerAdvanced in one process (fp32)."""
 import math
 
 import pytest
@@ -121,3 +121,23 @@ def test_cfg_parallel_equals_single_process(_tandem_session, checkpoint):
     print(f"CFG-parallel 2: relative error {error:.2e}, rows per worker {stats0['rows']}, {stats1['rows']}")
     assert none is None and error < 1e-4
     assert stats0["rows"] == stats1["rows"] == req.steps      # each worker ran one branch: one row per step
+
+
+def test_ring2_equals_single_process(_tandem_session, checkpoint):
+    """Ring 2 alone on a 3-head Wan, which no Ulysses degree above 1 but 3 can split: 45 tokens, the second rank's
+    chunk ends in padding that must never act as a key."""
+    from tandem.parallel.degrees import GroupConfig
+    from tandem.workers import group as groups
+
+    path = str(checkpoint("wan21_t2v_3heads"))
+    req = request("wan21_t2v", (3, 6, 10), "dpmpp_2m")
+    expected = single_process(path, "wan21_t2v_3heads", req)
+    group = groups.start(GroupConfig(gpu_count=2, ulysses_degree=1, ring_degree=2, timeout_s=60))
+    key = group.call("load", path, "default")[0]["key"]
+    (latent, stats0), (none, stats1) = group.call("sample", key, req)
+    error = ((latent - expected).norm() / expected.norm()).item()
+    print(f"Ring 2: relative error {error:.2e}")
+    assert none is None and error < 1e-4
+    for stats in (stats0, stats1):
+        assert stats["block_tokens"] == [23]
+        assert stats["attention_calls"] >= STEPS * 2

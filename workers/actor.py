@@ -44,7 +44,7 @@ class Worker:
         self.models: dict[tuple, object] = {}
         self.shards: dict[tuple, object] = {}
         self.read_bytes: dict[tuple, int | None] = {}   # full-tensor bytes this rank read for the host (fan-out)
-        self.sequence_group = None
+        self.sequence_groups = (None, None, None)   # sequence, Ulysses, Ring
         self.cfg_group = None
         self.warnings: list[str] = []
         self._progress = (0, 0)
@@ -59,10 +59,10 @@ class Worker:
         process_group.join(host, port, self.rank, self.config.world_size, self.device, self.config.timeout_s)
         process_group.self_test(self.device, self.config.timeout_s)
         self.host_group = process_group.host_group(ray.util.get_node_ip_address(), self.rank)
-        self.sequence_group = process_group.sequence_group(self.config, self.rank)
+        self.sequence_groups = process_group.sequence_groups(self.config, self.rank)
         self.cfg_group = cfg.cfg_group(self.config, self.rank)
         self.mesh = init_device_mesh(self.device.type, (self.config.world_size,)) if self.config.fsdp else None
-        self.attend, warning = resolve_backend(self.config.attention, self.device)
+        self.attend, warning = resolve_backend(self.config.attention, self.device, self.config.ring_degree > 1)
         if warning:
             self.warnings.append(warning)
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
@@ -120,10 +120,11 @@ class Worker:
         else:
             patcher, diffusion_model = None, model.diffusion_model
         shard = None
-        if self.sequence_group is not None:
+        sequence, ulysses, ring = self.sequence_groups
+        if sequence is not None:
             adapter = adapter_for(diffusion_model)
             validate_heads(self.config.ulysses_degree, adapter.num_heads(diffusion_model))
-            shard = SequenceShard(self.sequence_group)
+            shard = SequenceShard(sequence, ulysses_group=ulysses, ring_group=ring)
             adapter.install_sequence_parallel(diffusion_model, shard, self.attend)
         if patcher is None:
             if self.config.fsdp:
