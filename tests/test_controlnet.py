@@ -20,6 +20,7 @@ import torch
 from tandem.tests.checkpoints import FAMILIES, _randomize
 from tandem.tests.test_families import HEADS, check, image_tokens, request
 from tandem.tests.test_wan_usp import single_process
+from tandem.workers import controlnet
 
 import nodes
 
@@ -132,3 +133,21 @@ def test_controlnet_placement_decides_the_result(tandem_group, checkpoint, famil
     print(f"{family}: ControlNet moves the result by {relative(plain, expected):.2e}, "
           f"a mirrored hint by {relative(mirrored, expected):.2e}")
     assert relative(plain, expected) > 1e-3 and relative(mirrored, expected) > 1e-3   # 10× the tolerance
+
+
+@pytest.mark.parametrize("family", ["flux", "qwen_image"])
+def test_controlnet_runs_on_the_workers_device(tandem_group, checkpoint, family):
+    """The ControlNet (and the VAE that encodes its hint) arrive with the devices ComfyUI's process chose, here a GPU
+    these CPU workers lack: each worker loads them on its own device instead."""
+    size, _ = sizes(family, "15-tokens")
+    path = str(checkpoint(family))
+    expected = single_process(path, family, with_controlnet(request(family, size), family, size))
+    req = with_controlnet(request(family, size), family, size)
+    elsewhere = torch.device("cuda", 7)
+    for control in controlnet.controlnets([req.positive, req.negative]):
+        control.load_device = control.control_model_wrapped.load_device = elsewhere
+        if control.vae is not None:
+            control.vae.device = control.vae.patcher.load_device = elsewhere
+    key = tandem_group.call("load", path, "default", HEADS[family])[0]["key"]
+    (latent, _), _ = tandem_group.call("sample", key, req)
+    assert relative(latent, expected) < 1e-4
