@@ -3,6 +3,10 @@
 Text tokens stay replicated on every rank; the double and single blocks' joint attention runs through joint Ulysses
 (text first, as Flux concatenates [txt; img]). Kontext reference latents are appended to the image tokens before
 ``img_in``, so the split covers them. The RoPE ids are split the same way just before ``pe_embedder``.
+
+ControlNet: the ControlNet itself runs on the full input on every rank (ComfyUI calls it before the model, outside
+these hooks); its residuals, which Flux adds to the first ``n`` image tokens after each double block
+(``control["input"]``) and each single block (``control["output"]``), reach the model as this rank's part of them.
 """
 from functools import partial
 
@@ -21,11 +25,40 @@ def num_heads(diffusion_model: Flux) -> int:
     return diffusion_model.num_heads
 
 
-def refuse_control(module, args, kwargs) -> None:
-    """ControlNet residuals are added to image tokens by absolute position, which a split would misplace."""
-    if kwargs.get("control") is not None:
-        raise NotImplementedError("Tandem's sequence parallelism does not support ControlNet yet: "
-                                  "set Ulysses degree to 1 for this workflow")
+# ControlNet residual lists that Flux adds to a prefix of the image tokens (after double / single blocks).
+CONTROL_KEYS = ("input", "output")
+
+
+class LocalControl:
+    """Hands the model a ControlNet dict of its own whose residuals are this rank's slices.
+
+    The slices need the forward's token count, known only once ``img_in`` has run (Kontext / Edit references add
+    tokens), so the model's pre-hook gives it empty lists that the ``img_in`` hook fills: Flux and Qwen-Image read
+    ``control`` only after ``img_in``. ComfyUI's dict and tensors are never changed (slices are views, and the model
+    adds them to its own tokens), and nothing is kept past ``img_in``, so the residuals are freed with the forward.
+    """
+
+    def __init__(self, shard: SequenceShard, keys: tuple[str, ...]):
+        self.shard, self.keys = shard, keys
+        self.pending: tuple[dict, dict] | None = None     # (ComfyUI's dict, the model's) between take and fill
+
+    def take(self, module, args, kwargs):
+        """Diffusion model pre-hook: swap ``kwargs["control"]`` for a new dict, filled by ``fill``."""
+        self.pending = None
+        control = kwargs.get("control")
+        if control is None:
+            return None
+        local = {key: ([] if key in self.keys else value) for key, value in control.items()}
+        self.pending = (control, local)
+        return args, {**kwargs, "control": local}
+
+    def fill(self, module, args, out) -> None:
+        """``img_in`` hook, after ``split_tokens``: each residual becomes this rank's part of its prefix."""
+        if self.pending is None:
+            return
+        (full, local), self.pending = self.pending, None
+        for key in local.keys() & set(self.keys):
+            local[key][:] = [None if add is None else self.shard.split_prefix(add) for add in full[key]]
 
 
 def split_tokens(shard: SequenceShard, module, args, out: torch.Tensor) -> torch.Tensor:
@@ -56,12 +89,16 @@ def gather_tokens(shard: SequenceShard, module, args, out: torch.Tensor) -> torc
     return shard.gather(out)
 
 
-def install_joint(diffusion_model, shard: SequenceShard, attend: AttentionFn, text_first: bool, begin) -> None:
+def install_joint(diffusion_model, shard: SequenceShard, attend: AttentionFn, text_first: bool, begin,
+                  after_split=None) -> None:
     """The hooks every Flux-built family (double + single blocks, ``img_in``, ``pe_embedder``, ``final_layer``) needs;
-    ``begin`` runs first in each forward to refuse inputs the split would break."""
+    ``begin`` runs first in each forward (to refuse or rewrite inputs the split would break), ``after_split`` right
+    after the image tokens were split."""
     override = joint_ulysses_override(shard, attend, text_first)
     diffusion_model.register_forward_pre_hook(begin, with_kwargs=True)
     diffusion_model.img_in.register_forward_hook(partial(split_tokens, shard))
+    if after_split is not None:
+        diffusion_model.img_in.register_forward_hook(after_split)
     diffusion_model.pe_embedder.register_forward_pre_hook(partial(split_ids, shard, text_first))
     for block in diffusion_model.double_blocks:
         block.register_forward_pre_hook(partial(joint_block, shard, override, "img"), with_kwargs=True)
@@ -71,4 +108,5 @@ def install_joint(diffusion_model, shard: SequenceShard, attend: AttentionFn, te
 
 
 def install_sequence_parallel(diffusion_model: Flux, shard: SequenceShard, attend: AttentionFn) -> None:
-    install_joint(diffusion_model, shard, attend, text_first=True, begin=refuse_control)
+    control = LocalControl(shard, CONTROL_KEYS)
+    install_joint(diffusion_model, shard, attend, text_first=True, begin=control.take, after_split=control.fill)

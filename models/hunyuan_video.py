@@ -7,14 +7,14 @@ from comfy.ldm.hunyuan_video.model import HunyuanVideo
 
 from ..parallel.sequence import SequenceShard
 from ..parallel.ulysses import AttentionFn
-from .flux import install_joint, refuse_control
+from .flux import install_joint
 
 MODEL_CLASSES = (HunyuanVideo,)
 FAMILY = "HunyuanVideo"
 
 # Inputs whose tokens the model addresses by absolute position (frame-wise modulation, image tokens prepended
-# after img_in), which a split would misplace.
-_POSITIONAL_INPUTS = ("guiding_frame_index", "ref_latent")
+# after img_in, ControlNet residuals), which a split would misplace. ComfyUI has no HunyuanVideo ControlNet.
+_POSITIONAL_INPUTS = ("guiding_frame_index", "ref_latent", "control")
 
 
 def num_heads(diffusion_model: HunyuanVideo) -> int:
@@ -22,7 +22,6 @@ def num_heads(diffusion_model: HunyuanVideo) -> int:
 
 
 def refuse_positional(module, args, kwargs) -> None:
-    refuse_control(module, args, kwargs)
     for name in _POSITIONAL_INPUTS:
         if kwargs.get(name) is not None:
             raise NotImplementedError(f"Tandem's sequence parallelism does not support HunyuanVideo's {name} input "

@@ -3,6 +3,9 @@
 Like Flux (text replicated, joint attention of [txt; img] through joint Ulysses, edit reference latents appended to
 the image tokens before ``img_in``), except that the RoPE ids are embedded before ``img_in``: the image token count
 is then known only as the ids beyond the text, whose length the model's call gives.
+
+ControlNet (InstantX's ``QwenImageControlNetModel``) runs on the full input on every rank; its residuals, which the
+model adds to the first ``n`` image tokens after each block (``control["input"]``), reach it as this rank's part.
 """
 from functools import partial
 
@@ -11,10 +14,11 @@ from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
 from ..parallel.attention import joint_ulysses_override
 from ..parallel.sequence import SequenceShard
 from ..parallel.ulysses import AttentionFn
-from .flux import gather_tokens, joint_block, refuse_control, split_ids, split_tokens
+from .flux import LocalControl, gather_tokens, joint_block, split_ids, split_tokens
 
 MODEL_CLASSES = (QwenImageTransformer2DModel,)
 FAMILY = "Qwen-Image"
+CONTROL_KEYS = ("input",)      # residuals added to a prefix of the image tokens after each transformer block
 
 
 def num_heads(diffusion_model: QwenImageTransformer2DModel) -> int:
@@ -22,10 +26,11 @@ def num_heads(diffusion_model: QwenImageTransformer2DModel) -> int:
     return diffusion_model.inner_dim // diffusion_model.pe_embedder.dim
 
 
-def begin(text: dict, module, args, kwargs) -> None:
-    """Remember this forward's text length: the RoPE ids are [text; image] before the image tokens exist."""
-    refuse_control(module, args, kwargs)
+def begin(text: dict, control: LocalControl, module, args, kwargs):
+    """Remember this forward's text length (the RoPE ids are [text; image] before the image tokens exist) and
+    give the model its own ControlNet dict."""
     text["tokens"] = kwargs["context"].shape[1]
+    return control.take(module, args, kwargs)
 
 
 def split_ids_after_text(shard: SequenceShard, text: dict, module, args):
@@ -36,9 +41,11 @@ def split_ids_after_text(shard: SequenceShard, text: dict, module, args):
 def install_sequence_parallel(diffusion_model: QwenImageTransformer2DModel, shard: SequenceShard,
                               attend: AttentionFn) -> None:
     override, text = joint_ulysses_override(shard, attend, text_first=True), {}
-    diffusion_model.register_forward_pre_hook(partial(begin, text), with_kwargs=True)
+    control = LocalControl(shard, CONTROL_KEYS)
+    diffusion_model.register_forward_pre_hook(partial(begin, text, control), with_kwargs=True)
     diffusion_model.pe_embedder.register_forward_pre_hook(partial(split_ids_after_text, shard, text))
     diffusion_model.img_in.register_forward_hook(partial(split_tokens, shard))
+    diffusion_model.img_in.register_forward_hook(control.fill)
     for block in diffusion_model.transformer_blocks:
         block.register_forward_pre_hook(partial(joint_block, shard, override, "hidden_states"), with_kwargs=True)
     diffusion_model.proj_out.register_forward_hook(partial(gather_tokens, shard))

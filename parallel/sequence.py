@@ -83,6 +83,16 @@ class SequenceShard:
             x = F.pad(x, widths)
         return x.narrow(dim, self.rank * self.local, self.local)
 
+    def split_prefix(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor | None:
+        """This rank's part of a tensor that covers only the first ``x.shape[dim]`` tokens (a residual that a model
+        adds to ``tokens[:, :n]``): the rows inside this rank's slice, which are again a prefix of that slice, or
+        None where the tensor ends before the slice begins."""
+        if x.shape[dim] > self.total:
+            raise ValueError(f"expected at most {self.total} tokens on dim {dim}, got {tuple(x.shape)}")
+        start = self.rank * self.local
+        count = min(x.shape[dim] - start, self.local)
+        return x.narrow(dim, start, count) if count > 0 else None
+
     def gather(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
         """The full-length tensor from every rank's slice, padding removed."""
         parts = [torch.empty_like(x) for _ in range(self.size)]

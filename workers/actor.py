@@ -18,6 +18,7 @@ from ..parallel.attention import resolve_backend
 from ..parallel.degrees import GroupConfig, TandemConfigError, validate_heads
 from ..parallel.sequence import SequenceShard
 from ..parallel.staging import FileRanges, reader_threads
+from . import controlnet
 from .sampling import SampleRequest, run_ksampler
 
 
@@ -167,6 +168,7 @@ class Worker:
             if self._stop_requested():
                 raise comfy.model_management.InterruptProcessingException()
 
+        controlnet.place([request.positive, request.negative], self.device)
         samples = run_ksampler(patcher, request, on_step)
         stats = {"rank": self.rank, "rows": self._rows, **(shard.stats() if shard else {}),
                  "step_s": [b - a for a, b in zip(step_ends, step_ends[1:])]}

@@ -1,0 +1,153 @@
+"""ControlNet under Ulysses 2 equals ComfyUI's KSamplerAdvanced in one process with the same ControlNet (fp32).
+
+The ControlNets are ComfyUI's own classes at the tiny test width: Flux's XLabs-style ``ControlNetFlux`` (hint image
+through its conv stem) and Qwen-Image's InstantX ``QwenImageControlNetModel`` (hint encoded by a VAE, here a tiny
+Wan 2.1 VAE that ComfyUI's ``VAE`` detects from its keys). ComfyUI's ControlNet detection fixes the width at 3072
+(24 heads of 128), as for the diffusion models (see checkpoints.py), so the ``comfy.controlnet.ControlNet`` wrapper
+is built the way ``load_controlnet_flux_xlabs_mistoline`` / ``load_controlnet_qwen_instantx`` build it, and applied
+with ComfyUI's ControlNetApplyAdvanced node: it reaches the workers inside the conditioning.
+"""
+import comfy.controlnet
+import comfy.latent_formats
+import comfy.ldm.flux.controlnet
+import comfy.ldm.qwen_image.controlnet
+import comfy.ldm.wan.vae
+import comfy.model_management
+import comfy.ops
+import comfy.sd
+import pytest
+import torch
+from tandem.tests.checkpoints import FAMILIES, _randomize
+from tandem.tests.test_families import HEADS, check, image_tokens, request
+from tandem.tests.test_wan_usp import single_process
+from tandem.workers import controlnet
+
+import nodes
+
+
+def randomize(module: torch.nn.Module, seed: int) -> None:
+    """Seeded weights through which the hint image still shows: checkpoints' N(0, 0.02) for everything, then conv
+    kernels at He scale and the VAE's RMS gains (``gamma``) at 1; at 0.02 the hint would fade out in the conv stem
+    (or VAE encoder) and the ControlNet respond to the latent alone."""
+    _randomize(module, seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if param.ndim >= 4:
+                param.copy_(torch.randn(param.shape, generator=generator) * (2 / param[0].numel()) ** 0.5)
+            elif name.endswith("gamma"):
+                param.fill_(1.0)
+
+
+def flux_controlnet() -> comfy.controlnet.ControlNet:
+    """XLabs-style Flux ControlNet (conv stem on the hint image) with the tiny Flux's dims."""
+    config = {k: v for k, v in FAMILIES["flux"].unet_config.items() if k != "image_model"}
+    model = comfy.ldm.flux.controlnet.ControlNetFlux(operations=comfy.ops.disable_weight_init, dtype=torch.float32,
+                                                     **config)
+    randomize(model, seed=11)
+    return comfy.controlnet.ControlNet(model, load_device=comfy.model_management.get_torch_device(),
+                                       manual_cast_dtype=None, extra_conds=["y", "guidance"])
+
+
+def tiny_wan_vae() -> comfy.sd.VAE:
+    """ComfyUI's Wan 2.1 VAE (Qwen-Image's) at width 8, detected by ``comfy.sd.VAE`` from its state dict."""
+    model = comfy.ldm.wan.vae.WanVAE(dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                                     temperal_downsample=[False, True, True], dropout=0.0)
+    randomize(model, seed=12)
+    return comfy.sd.VAE(sd=model.state_dict())
+
+
+def qwen_image_controlnet() -> comfy.controlnet.ControlNet:
+    """InstantX Qwen-Image ControlNet (latent hint) with the tiny Qwen-Image's dims."""
+    config = {k: v for k, v in FAMILIES["qwen_image"].unet_config.items() if k != "image_model"}
+    model = comfy.ldm.qwen_image.controlnet.QwenImageControlNetModel(
+        operations=comfy.ops.disable_weight_init, dtype=torch.float32, **config)
+    randomize(model, seed=13)
+    return comfy.controlnet.ControlNet(model, compression_ratio=1, latent_format=comfy.latent_formats.Wan21(),
+                                       load_device=comfy.model_management.get_torch_device(),
+                                       manual_cast_dtype=None, extra_conds=[])
+
+
+CONTROLNETS = {"flux": (flux_controlnet, None), "qwen_image": (qwen_image_controlnet, tiny_wan_vae)}
+
+
+def hint_image(size: tuple[int, ...], flip: bool = False):
+    """An IMAGE ([B, H, W, 3] in 0..1) at the latent's pixel size; ``flip`` mirrors it left-right."""
+    image = torch.rand(1, size[-2] * 8, size[-1] * 8, 3, generator=torch.Generator().manual_seed(5))
+    return image.flip(2) if flip else image
+
+
+def with_controlnet(req, family: str, size, flip: bool = False, end_percent: float = 0.7):
+    """``req`` with its positive and negative conditioning passed through ComfyUI's ControlNetApplyAdvanced; the
+    ControlNet stops at ``end_percent``, so the last steps also run the model without control."""
+    build_controlnet, build_vae = CONTROLNETS[family]
+    vae = build_vae() if build_vae else None
+    req.positive, req.negative = nodes.ControlNetApplyAdvanced().apply_controlnet(
+        req.positive, req.negative, build_controlnet(), hint_image(size, flip), 0.8, 0.0, end_percent, vae=vae)
+    return req
+
+
+CASES = {   # latent height × width, reference latent height × width
+    "16-tokens": ((8, 8), None),
+    "15-tokens": ((6, 10), None),
+    # residuals cover the 15 image tokens, not the 6 reference ones: rank 1 holds 4 residual rows, then references
+    "reference-21-tokens": ((6, 10), (6, 4)),
+    # 4 image tokens before 15 reference ones: rank 1 holds no residual row at all
+    "reference-19-tokens": ((4, 4), (6, 10)),
+}
+
+
+def sizes(family: str, case: str):
+    frames = (1,) * (len(FAMILIES[family].latent_shape) - 4)    # Qwen-Image latents carry a frame axis
+    return (frames + hw if hw else None for hw in CASES[case])
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("family", ["flux", "qwen_image"])
+def test_controlnet_ulysses2_equals_single_process(tandem_group, checkpoint, family, case):
+    size, reference = sizes(family, case)
+    path = str(checkpoint(family))
+    req = with_controlnet(request(family, size, reference), family, size)
+    expected = single_process(path, family, req)
+    key = tandem_group.call("load", path, "default", HEADS[family])[0]["key"]
+    (latent, stats0), (none, stats1) = tandem_group.call("sample", key, req)
+    assert none is None
+    check(latent, expected, [stats0, stats1], family, image_tokens(*filter(None, (size, reference))),
+          f"{family} + ControlNet, {case}")
+
+
+@pytest.mark.parametrize("family", ["flux", "qwen_image"])
+def test_controlnet_placement_decides_the_result(tandem_group, checkpoint, family):
+    """The equality above is no accident: the ControlNet changes the result far beyond the tolerance, and a hint
+    mirrored left-right (the same residuals at other token positions) gives a different result under Ulysses 2."""
+    size, _ = sizes(family, "15-tokens")
+    path = str(checkpoint(family))
+    plain = single_process(path, family, request(family, size))
+    expected = single_process(path, family, with_controlnet(request(family, size), family, size))
+    key = tandem_group.call("load", path, "default", HEADS[family])[0]["key"]
+    (mirrored, _), _ = tandem_group.call("sample", key, with_controlnet(request(family, size), family, size, True))
+    print(f"{family}: ControlNet moves the result by {relative(plain, expected):.2e}, "
+          f"a mirrored hint by {relative(mirrored, expected):.2e}")
+    assert relative(plain, expected) > 1e-3 and relative(mirrored, expected) > 1e-3   # 10× the tolerance
+
+
+@pytest.mark.parametrize("family", ["flux", "qwen_image"])
+def test_controlnet_runs_on_the_workers_device(tandem_group, checkpoint, family):
+    """The ControlNet (and the VAE that encodes its hint) arrive with the devices ComfyUI's process chose, here a GPU
+    these CPU workers lack: each worker loads them on its own device instead."""
+    size, _ = sizes(family, "15-tokens")
+    path = str(checkpoint(family))
+    expected = single_process(path, family, with_controlnet(request(family, size), family, size))
+    req = with_controlnet(request(family, size), family, size)
+    elsewhere = torch.device("cuda", 7)
+    for control in controlnet.controlnets([req.positive, req.negative]):
+        control.load_device = control.control_model_wrapped.load_device = elsewhere
+        if control.vae is not None:
+            control.vae.device = control.vae.patcher.load_device = elsewhere
+    key = tandem_group.call("load", path, "default", HEADS[family])[0]["key"]
+    (latent, _), _ = tandem_group.call("sample", key, req)
+    assert relative(latent, expected) < 1e-4
