@@ -89,6 +89,7 @@ MODES: dict[str, Mode] = {
     "comfyui": Mode("ComfyUI, 1 GPU", None, multi_gpu=False),
     "tandem1": Mode("Tandem, 1 GPU", lambda n: dict(gpu_count=1, ulysses_degree=1), multi_gpu=False),
     "usp": Mode("Tandem, Ulysses {n}", lambda n: dict(gpu_count=n, ulysses_degree=n)),
+    "ring": Mode("Tandem, Ring {n}", lambda n: dict(gpu_count=n, ulysses_degree=1, ring_degree=n)),
     "fsdp": Mode("Tandem, FSDP over {n}", lambda n: dict(gpu_count=n, ulysses_degree=1, fsdp=True)),
     "usp+fsdp": Mode("Tandem, Ulysses {n} + FSDP", lambda n: dict(gpu_count=n, ulysses_degree=n, fsdp=True)),
     "fsdp+offload": Mode("Tandem, Ulysses {n} + FSDP + CPU offload",

@@ -102,11 +102,11 @@ def run_cell(args, model: str, mode: str, gpus: int, weights: Path, weights_erro
 
 
 def add_speedups(cells: list[dict]) -> None:
-    """Speedup (ComfyUI's s/step over the cell's) and scaling efficiency (speedup per GPU)."""
-    base = {c["model"]: c["s_per_step"] for c in cells if c["mode"] == "comfyui" and c["status"] == "ok"}
+    """Speedup (ComfyUI's s/step at the same model and size over the cell's) and efficiency (speedup per GPU)."""
+    base = {(c["model"], c["size"]): c["s_per_step"] for c in cells if c["mode"] == "comfyui" and c["status"] == "ok"}
     for c in cells:
-        if c["status"] == "ok" and c["model"] in base:
-            c["speedup"] = base[c["model"]] / c["s_per_step"]
+        if c["status"] == "ok" and (c["model"], c["size"]) in base:
+            c["speedup"] = base[c["model"], c["size"]] / c["s_per_step"]
             c["efficiency"] = c["speedup"] / c["gpus"]
 
 
