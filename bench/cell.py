@@ -103,9 +103,11 @@ class Tandem:
         return [info["pid"] for info in self.group.workers]
 
     def sample(self, req) -> tuple[torch.Tensor, dict]:
-        (samples, stats), *rest = self.group.call("sample", self.key, req)
-        return samples, {"step_s": stats["step_s"],
-                         "peak_vram_gb": [s.get("peak_vram_gb") for s in [stats] + [r[1] for r in rest]]}
+        from tandem.workers.sampling import gather_latent
+
+        results = self.group.call("sample", self.key, req)
+        return gather_latent(results), {"step_s": results[0][1]["step_s"],
+                                        "peak_vram_gb": [stats.get("peak_vram_gb") for _, stats in results]}
 
     def close(self) -> None:
         from tandem.workers import group

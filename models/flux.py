@@ -19,6 +19,7 @@ from ..parallel.ulysses import AttentionFn
 
 MODEL_CLASSES = (Flux,)
 FAMILY = "Flux"
+FSDP_BLOCKS = ("double_blocks", "single_blocks")   # ModuleLists whose items FSDP shards one by one
 
 
 def num_heads(diffusion_model: Flux) -> int:

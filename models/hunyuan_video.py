@@ -11,6 +11,7 @@ from .flux import install_joint
 
 MODEL_CLASSES = (HunyuanVideo,)
 FAMILY = "HunyuanVideo"
+FSDP_BLOCKS = ("double_blocks", "single_blocks")   # ModuleLists whose items FSDP shards one by one
 
 # Inputs whose tokens the model addresses by absolute position (frame-wise modulation, image tokens prepended
 # after img_in, ControlNet residuals), which a split would misplace. ComfyUI has no HunyuanVideo ControlNet.

@@ -18,6 +18,7 @@ from .flux import LocalControl, gather_tokens, joint_block, split_ids, split_tok
 
 MODEL_CLASSES = (QwenImageTransformer2DModel,)
 FAMILY = "Qwen-Image"
+FSDP_BLOCKS = ("transformer_blocks",)   # ModuleLists whose items FSDP shards one by one
 CONTROL_KEYS = ("input",)      # residuals added to a prefix of the image tokens after each transformer block
 
 

@@ -15,6 +15,7 @@ from ..parallel.ulysses import AttentionFn
 
 MODEL_CLASSES = (WanModel,)
 FAMILY = "Wan"
+FSDP_BLOCKS = ("blocks", "vace_blocks")   # ModuleLists whose items FSDP shards one by one
 
 
 def num_heads(diffusion_model: WanModel) -> int:

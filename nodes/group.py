@@ -13,7 +13,8 @@ class TandemInit:
                 "'local' starts a private Ray head on this machine (dashboard off); or the address of an "
                 "existing Ray cluster, e.g. 10.0.0.5:6379"}),
             "gpu_count": ("INT", {"default": 2, "min": 1, "max": 256, "tooltip":
-                "Workers to start, one per GPU. Without GPUs, CPU workers on gloo (slow, for trying it out)."}),
+                "Workers to start, one per GPU. GPUs beyond CFG × Ulysses × Ring form data-parallel replicas that "
+                "split the latent batch. Without GPUs, CPU workers on gloo (slow, for trying it out)."}),
             "ulysses_degree": ("INT", {"default": 2, "min": 1, "max": 256, "tooltip":
                 "GPUs that split one video's tokens by exchanging attention heads; must divide the model's "
                 "head count. Needs the full weights on each GPU."}),

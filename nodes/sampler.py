@@ -3,7 +3,7 @@ import comfy.model_management
 import comfy.samplers
 import comfy.utils
 
-from ..workers.sampling import SampleRequest
+from ..workers.sampling import SampleRequest, gather_latent
 from .loader import TandemModel
 
 
@@ -48,7 +48,7 @@ class XFuserKSamplerAdvanced:
             if total:
                 bar.update_absolute(step, total)
 
-        (samples, _), *_ = group.call("sample", model.key, request, on_poll=poll)
+        results = group.call("sample", model.key, request, on_poll=poll)
         out = latent_image.copy()
-        out["samples"] = samples
+        out["samples"] = gather_latent(results)
         return (out,)

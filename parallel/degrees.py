@@ -59,15 +59,6 @@ def validate(config: GroupConfig) -> None:
             f"Unknown attention backend {config.attention!r}: choose one of {', '.join(ATTENTION_BACKENDS)}.")
     if config.timeout_s < 10:
         raise TandemConfigError(f"Collective timeout {config.timeout_s} s is too short: set it to 10 s or more.")
-    _validate_available_modes(config)
-
-
-def _validate_available_modes(config: GroupConfig) -> None:
-    """Modes whose code has not landed yet; each check goes when its mode lands."""
-    if config.dp_degree > 1 and not config.fsdp:
-        raise TandemConfigError(
-            f"Data parallel is not available yet: set Ulysses degree × Ring degree × CFG degree = GPU count "
-            f"({config.gpu_count}), or turn FSDP on to shard the weights over the GPUs.")
 
 
 def validate_available(config: GroupConfig, available: int, unit: str) -> None:

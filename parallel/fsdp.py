@@ -41,8 +41,8 @@ class ByteAllGather(AllGather):
 
 
 def transformer_blocks(root: torch.nn.Module) -> list[torch.nn.Module]:
-    """The repeated blocks of any DiT: the items of its top-level ModuleLists (Wan ``blocks``, Flux
-    ``double_blocks`` + ``single_blocks``, ...), so FSDP needs no per-family list."""
+    """The repeated blocks of any DiT: the items of its top-level ModuleLists, for models whose family has no adapter
+    (those that have one name their block lists in ``FSDP_BLOCKS``)."""
     blocks = []
     for child in root.children():
         if isinstance(child, torch.nn.ModuleList):

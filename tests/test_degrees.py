@@ -19,6 +19,9 @@ VALID = [
     GroupConfig(gpu_count=8, ulysses_degree=4, ring_degree=2),      # Wan2.1-1.3B's 12 heads on 8 GPUs
     GroupConfig(gpu_count=8, ulysses_degree=2, ring_degree=2, cfg_degree=2),
     GroupConfig(gpu_count=4, ulysses_degree=1, ring_degree=2, fsdp=True),
+    GroupConfig(gpu_count=2, ulysses_degree=1),                      # data parallel 2
+    GroupConfig(gpu_count=4, ulysses_degree=2),                      # data parallel 2 × Ulysses 2
+    GroupConfig(gpu_count=8, ulysses_degree=2, cfg_degree=2),        # data parallel 2 × CFG 2 × Ulysses 2
 ]
 
 INVALID = [
@@ -37,12 +40,6 @@ INVALID = [
     (GroupConfig(gpu_count=2, attention="xformers"),
      "Unknown attention backend 'xformers': choose one of sdpa, flash, sage."),
     (GroupConfig(gpu_count=2, timeout_s=5), "Collective timeout 5 s is too short: set it to 10 s or more."),
-    (GroupConfig(gpu_count=4, ulysses_degree=2),
-     "Data parallel is not available yet: set Ulysses degree × Ring degree × CFG degree = GPU count (4), "
-     "or turn FSDP on to shard the weights over the GPUs."),
-    (GroupConfig(gpu_count=4, ulysses_degree=1, ring_degree=2),
-     "Data parallel is not available yet: set Ulysses degree × Ring degree × CFG degree = GPU count (4), "
-     "or turn FSDP on to shard the weights over the GPUs."),
 ]
 
 

@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
-from ..models import adapter_for
-from ..parallel import cfg, fsdp, process_group, weights
+from ..models import adapter_for, fsdp_blocks
+from ..parallel import cfg, data, fsdp, process_group, weights
 from ..parallel.attention import resolve_backend
 from ..parallel.degrees import GroupConfig, TandemConfigError, validate_heads
 from ..parallel.sequence import SequenceShard
@@ -129,7 +129,7 @@ class Worker:
             adapter.install_sequence_parallel(diffusion_model, shard, self.attend)
         if patcher is None:
             if self.config.fsdp:
-                fsdp.shard(diffusion_model, fsdp.transformer_blocks(diffusion_model), self.mesh,
+                fsdp.shard(diffusion_model, fsdp_blocks(diffusion_model), self.mesh,
                            self.config.fsdp_cpu_offload)
                 diffusion_model.to_empty(device="cpu" if self.config.fsdp_cpu_offload else self.device)
             local_ranks = dist.get_world_size(self.host_group)
@@ -151,7 +151,8 @@ class Worker:
         self._rows += args[0].shape[0] if args else 0
 
     def sample(self, key: tuple, request: SampleRequest) -> tuple[torch.Tensor | None, dict]:
-        """Run ComfyUI's sampler; rank 0 returns the latent, every rank returns what it computed on."""
+        """Run ComfyUI's sampler on this replica's rows of the batch; each replica's first rank returns its rows of
+        the latent (``gather_latent`` joins them), every rank returns what it computed on."""
         patcher = self.models[key]
         shard = self.shards.get(key)
         if shard is not None:
@@ -169,12 +170,17 @@ class Worker:
                 raise comfy.model_management.InterruptProcessingException()
 
         controlnet.place([request.positive, request.negative], self.device)
-        samples = run_ksampler(patcher, request, on_step)
+        rows, own = None, None
+        if self.config.dp_degree > 1:
+            batch = request.latent["samples"].shape[0]
+            rows, own = data.batch_rows(batch, self.config.dp_degree, data.replica_of(self.config, self.rank))
+        samples = run_ksampler(patcher, request, on_step, rows)[:own]
         stats = {"rank": self.rank, "rows": self._rows, **(shard.stats() if shard else {}),
                  "step_s": [b - a for a, b in zip(step_ends, step_ends[1:])]}
         if self.device.type == "cuda":
             stats["peak_vram_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
-        return (samples.cpu() if self.rank == 0 else None), stats
+        leads = data.leads_replica(self.config, self.rank) and len(samples)
+        return (samples.cpu() if leads else None), stats
 
     def _stop_requested(self) -> bool:
         """Every rank learns in the same step whether any rank was asked to stop, so none waits alone."""
