@@ -83,6 +83,13 @@ FAMILIES: dict[str, Family] = {
              depth=2, depth_single_blocks=2, theta=256, qkv_bias=True, byt5=False, guidance_embed=True,
              use_cond_type_embedding=False, vision_in_dim=None),
         True, (1, 16, 1, 8, 8), 4096, ("pooled_output", "guidance")),
+    "hunyuan_video_i2v": Family(   # HunyuanVideo I2V: 16 noise + 16 image + 1 mask input channels
+        comfy.supported_models.HunyuanVideoI2V,
+        dict(image_model="hunyuan_video", in_channels=33, out_channels=16, patch_size=[1, 2, 2], vec_in_dim=768,
+             axes_dim=[16, 56, 56], meanflow=False, context_in_dim=4096, hidden_size=256, mlp_ratio=4.0, num_heads=2,
+             depth=2, depth_single_blocks=2, theta=256, qkv_bias=True, byt5=False, guidance_embed=True,
+             use_cond_type_embedding=False, vision_in_dim=None),
+        True, (1, 16, 1, 8, 8), 4096, ("pooled_output", "guidance")),
     "flux": Family(
         comfy.supported_models.Flux,
         dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=256,

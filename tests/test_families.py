@@ -16,7 +16,7 @@ from tandem.workers import group as groups
 from tandem.workers.sampling import SampleRequest
 
 STEPS = 4
-JOINT_BLOCKS = {"flux": 4, "qwen_image": 2, "hunyuan_video": 4}   # joint attentions per forward of the tiny models
+JOINT_BLOCKS = {"flux": 4, "qwen_image": 2, "hunyuan_video": 4, "hunyuan_video_i2v": 4}   # joint attentions per forward of the tiny models
 HEADS = {"flux": {"num_heads": 2}, "qwen_image": {"num_attention_heads": 2}}   # what detection cannot infer
 
 
@@ -126,3 +126,25 @@ def test_flux_ring2_equals_single_process(_tandem_session, checkpoint, case):
     assert none is None
     check(latent, expected, [stats0, stats1], "flux", image_tokens(*filter(None, (size, reference))),
           f"flux Ring 2 {case}")
+
+
+@pytest.mark.parametrize("guidance", ["v1 (concat)", "v2 (replace)"])
+def test_hunyuan_video_i2v_ulysses2_equal_single_process(tandem_group, checkpoint, guidance):
+    """HunyuanVideo I2V as ComfyUI's HunyuanImageToVideo node conditions it: v1 concatenates the start frame's
+    latent and a mask to the input channels; v2 writes it into the latent's first frame and modulates that frame's
+    tokens apart (``guiding_frame_index``), which under the split lands on rank 0 only (15 of 45 tokens)."""
+    size = (3, 6, 10)
+    req = request("hunyuan_video_i2v", size)
+    start = torch.randn(1, 16, 1, *size[1:], generator=torch.Generator().manual_seed(11))
+    if guidance == "v1 (concat)":
+        image = {"concat_latent_image": start, "concat_mask": torch.ones(1, 1, *size)}
+    else:
+        image = {"guiding_frame_index": 0}
+        req.latent["samples"][:, :, :1] = start
+    for cond in (req.positive, req.negative):
+        cond[0][1].update(image)
+    path = str(checkpoint("hunyuan_video_i2v"))
+    expected = single_process(path, "hunyuan_video_i2v", req)
+    key = tandem_group.call("load", path, "default")[0]["key"]
+    (latent, stats0), (_, stats1) = tandem_group.call("sample", key, req)
+    check(latent, expected, [stats0, stats1], "hunyuan_video_i2v", image_tokens(size), f"hunyuan_video_i2v {guidance}")
