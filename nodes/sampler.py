@@ -48,7 +48,7 @@ class XFuserKSamplerAdvanced:
             if total:
                 bar.update_absolute(step, total)
 
-        (samples, _), *_ = group.call("sample", model.key, request, on_poll=poll)
+        (samples, _), *_ = group.sample(model.key, request, on_poll=poll)
         out = latent_image.copy()
         out["samples"] = samples
         return (out,)
