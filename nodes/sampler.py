@@ -48,7 +48,7 @@ class XFuserKSamplerAdvanced:
             if total:
                 bar.update_absolute(step, total)
 
-        results = group.call("sample", model.key, request, on_poll=poll)
+        results = group.sample(model.key, request, on_poll=poll)
         out = latent_image.copy()
         out["samples"] = gather_latent(results)
         return (out,)

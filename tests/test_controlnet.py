@@ -5,8 +5,12 @@ through its conv stem) and Qwen-Image's InstantX ``QwenImageControlNetModel`` (h
 Wan 2.1 VAE that ComfyUI's ``VAE`` detects from its keys). ComfyUI's ControlNet detection fixes the width at 3072
 (24 heads of 128), as for the diffusion models (see checkpoints.py), so the ``comfy.controlnet.ControlNet`` wrapper
 is built the way ``load_controlnet_flux_xlabs_mistoline`` / ``load_controlnet_qwen_instantx`` build it, and applied
-with ComfyUI's ControlNetApplyAdvanced node: it reaches the workers inside the conditioning.
+with ComfyUI's ControlNetApplyAdvanced node: it reaches the workers inside the conditioning, sent as XFuser KSampler
+sends it (``Group.sample``: by reference through shared memory, the workers being on this host).
 """
+import gc
+import os
+
 import comfy.controlnet
 import comfy.latent_formats
 import comfy.ldm.flux.controlnet
@@ -19,8 +23,10 @@ import pytest
 import torch
 from tandem.tests.checkpoints import FAMILIES, _randomize
 from tandem.tests.test_families import HEADS, check, image_tokens, request
+from tandem.tests.test_fsdp import anonymous_kb
+from tandem.tests.test_transport import shared_files
 from tandem.tests.test_wan_usp import single_process
-from tandem.workers import controlnet
+from tandem.workers import controlnet, transport
 
 import nodes
 
@@ -39,9 +45,10 @@ def randomize(module: torch.nn.Module, seed: int) -> None:
                 param.fill_(1.0)
 
 
-def flux_controlnet() -> comfy.controlnet.ControlNet:
-    """XLabs-style Flux ControlNet (conv stem on the hint image) with the tiny Flux's dims."""
-    config = {k: v for k, v in FAMILIES["flux"].unet_config.items() if k != "image_model"}
+def flux_controlnet(depth: int = 2) -> comfy.controlnet.ControlNet:
+    """XLabs-style Flux ControlNet (conv stem on the hint image) with the tiny Flux's dims and ``depth`` double
+    blocks (a deeper one still feeds the tiny Flux's 2 blocks)."""
+    config = {k: v for k, v in FAMILIES["flux"].unet_config.items() if k != "image_model"} | {"depth": depth}
     model = comfy.ldm.flux.controlnet.ControlNetFlux(operations=comfy.ops.disable_weight_init, dtype=torch.float32,
                                                      **config)
     randomize(model, seed=11)
@@ -77,13 +84,15 @@ def hint_image(size: tuple[int, ...], flip: bool = False):
     return image.flip(2) if flip else image
 
 
-def with_controlnet(req, family: str, size, flip: bool = False, end_percent: float = 0.7):
-    """``req`` with its positive and negative conditioning passed through ComfyUI's ControlNetApplyAdvanced; the
-    ControlNet stops at ``end_percent``, so the last steps also run the model without control."""
+def with_controlnet(req, family: str, size, flip: bool = False, end_percent: float = 0.7, control=None):
+    """``req`` with its positive and negative conditioning passed through ComfyUI's ControlNetApplyAdvanced (with
+    ``control``, or a new ControlNet of the family); the ControlNet stops at ``end_percent``, so the last steps also
+    run the model without control."""
     build_controlnet, build_vae = CONTROLNETS[family]
     vae = build_vae() if build_vae else None
     req.positive, req.negative = nodes.ControlNetApplyAdvanced().apply_controlnet(
-        req.positive, req.negative, build_controlnet(), hint_image(size, flip), 0.8, 0.0, end_percent, vae=vae)
+        req.positive, req.negative, control or build_controlnet(), hint_image(size, flip), 0.8, 0.0, end_percent,
+        vae=vae)
     return req
 
 
@@ -114,7 +123,7 @@ def test_controlnet_ulysses2_equals_single_process(tandem_group, checkpoint, fam
     req = with_controlnet(request(family, size, reference), family, size)
     expected = single_process(path, family, req)
     key = tandem_group.call("load", path, "default", HEADS[family])[0]["key"]
-    (latent, stats0), (none, stats1) = tandem_group.call("sample", key, req)
+    (latent, stats0), (none, stats1) = tandem_group.sample(key, req)
     assert none is None
     check(latent, expected, [stats0, stats1], family, image_tokens(*filter(None, (size, reference))),
           f"{family} + ControlNet, {case}")
@@ -129,7 +138,7 @@ def test_controlnet_placement_decides_the_result(tandem_group, checkpoint, famil
     plain = single_process(path, family, request(family, size))
     expected = single_process(path, family, with_controlnet(request(family, size), family, size))
     key = tandem_group.call("load", path, "default", HEADS[family])[0]["key"]
-    (mirrored, _), _ = tandem_group.call("sample", key, with_controlnet(request(family, size), family, size, True))
+    (mirrored, _), _ = tandem_group.sample(key, with_controlnet(request(family, size), family, size, True))
     print(f"{family}: ControlNet moves the result by {relative(plain, expected):.2e}, "
           f"a mirrored hint by {relative(mirrored, expected):.2e}")
     assert relative(plain, expected) > 1e-3 and relative(mirrored, expected) > 1e-3   # 10× the tolerance
@@ -149,5 +158,54 @@ def test_controlnet_runs_on_the_workers_device(tandem_group, checkpoint, family)
         if control.vae is not None:
             control.vae.device = control.vae.patcher.load_device = elsewhere
     key = tandem_group.call("load", path, "default", HEADS[family])[0]["key"]
-    (latent, _), _ = tandem_group.call("sample", key, req)
+    (latent, _), _ = tandem_group.sample(key, req)
     assert relative(latent, expected) < 1e-4
+
+
+def test_controlnet_weights_arrive_by_reference(tandem_group, checkpoint, monkeypatch):
+    """Sampling with an 88 MB ControlNet adds, summed over the workers, well under its size of private host memory
+    (the same prompt sent through Ray whole adds a copy per worker); Ray carries a request far smaller than the
+    weights; the weights are written to shared files once for consecutive prompts and removed once it is freed.
+
+    The tiny ControlNet's tensors are 0.25 to 2 MB (a real one's 18 MB and up), so the threshold goes down to 64 KiB
+    to send all but its biases by reference."""
+    monkeypatch.setattr(transport, "THRESHOLD", 64 << 10)
+    size, _ = sizes("flux", "15-tokens")
+    key = tandem_group.call("load", str(checkpoint("flux")), "default", HEADS["flux"])[0]["key"]
+    assert tandem_group.on_this_host
+    control = flux_controlnet(depth=8)
+    weight_bytes = sum(t.nbytes for t in control.control_model.state_dict().values())
+    prompt = lambda: with_controlnet(request("flux", size), "flux", size, end_percent=1.0, control=control)
+    pids = [w["pid"] for w in tandem_group.workers]
+
+    def added_bytes(send) -> tuple[int, int]:
+        """Peak private memory the workers add while ``send`` runs a prompt, summed over the workers; polls."""
+        before = [anonymous_kb(pid) for pid in pids]
+        peak, polls = list(before), []
+
+        def poll():
+            peak[:] = [max(p, anonymous_kb(pid)) for p, pid in zip(peak, pids)]
+            polls.append(1)
+
+        send(key, prompt(), on_poll=poll)
+        return sum(p - b for p, b in zip(peak, before)) * 1024, len(polls)
+
+    tandem_group.sample(key, prompt())          # the workers' first ControlNet job allocates for good
+    gc.collect()
+    files = shared_files()                      # the conditioning's files went with the request: the weights' stay
+    file_bytes = sum(os.path.getsize(f) for f in files)
+    by_reference, polls = added_bytes(tandem_group.sample)
+    payload = len(transport.pack(prompt()))
+    through_ray, ray_polls = added_bytes(lambda *args, on_poll: tandem_group.call("sample", *args, on_poll=on_poll))
+    gc.collect()
+    again = shared_files()
+    print(f"ControlNet {weight_bytes / 2**20:.1f} MB, in {len(files)} shared files {file_bytes / 2**20:.1f} MB; "
+          f"Ray payload {payload / 2**10:.0f} KB; private memory added over {len(pids)} workers: by reference "
+          f"{by_reference / 2**20:.1f} MB ({polls} polls), through Ray {through_ray / 2**20:.1f} MB ({ray_polls})")
+    assert 0.99 * weight_bytes <= file_bytes <= weight_bytes and again == files     # written once
+    assert payload < 0.01 * weight_bytes
+    assert polls and ray_polls and by_reference < 0.25 * weight_bytes
+    assert through_ray > 0.75 * len(pids) * weight_bytes     # the measurement sees a copy where there is one
+    del control, prompt
+    gc.collect()
+    assert not files & shared_files()

@@ -18,7 +18,7 @@ from ..parallel.attention import resolve_backend
 from ..parallel.degrees import GroupConfig, TandemConfigError, validate_heads
 from ..parallel.sequence import SequenceShard
 from ..parallel.staging import FileRanges, reader_threads
-from . import controlnet
+from . import controlnet, transport
 from .sampling import SampleRequest, run_ksampler
 
 
@@ -67,7 +67,8 @@ class Worker:
         if warning:
             self.warnings.append(warning)
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
-        return {"rank": self.rank, "pid": os.getpid(), "device": name, "warnings": self.warnings}
+        return {"rank": self.rank, "pid": os.getpid(), "host": ray.util.get_node_ip_address(), "device": name,
+                "warnings": self.warnings}
 
     def ping(self) -> int:
         return os.getpid()
@@ -150,9 +151,12 @@ class Worker:
     def _count_rows(self, module, args) -> None:
         self._rows += args[0].shape[0] if args else 0
 
-    def sample(self, key: tuple, request: SampleRequest) -> tuple[torch.Tensor | None, dict]:
+    def sample(self, key: tuple, request: SampleRequest | bytes) -> tuple[torch.Tensor | None, dict]:
         """Run ComfyUI's sampler on this replica's rows of the batch; each replica's first rank returns its rows of
-        the latent (``gather_latent`` joins them), every rank returns what it computed on."""
+        the latent (``gather_latent`` joins them), every rank returns what it computed on. The request arrives packed
+        (bytes) when the group runs on ComfyUI's host (see ``transport``)."""
+        if isinstance(request, bytes):
+            request = transport.unpack(request)
         patcher = self.models[key]
         shard = self.shards.get(key)
         if shard is not None:

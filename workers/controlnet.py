@@ -2,15 +2,16 @@
 
 ControlNetApplyAdvanced stores a ``comfy.controlnet.ControlNet`` in the conditioning: its model with the weights,
 the hint image, strength and step range, the ControlNet it was chained after, and, for latent ControlNets (InstantX
-Flux / Qwen-Image), the VAE that encodes the hint. XFuser KSampler sends the conditioning like any other input:
-pickled once into Ray's object store (with the positive and negative in one object, so they still share one
-ControlNet and ComfyUI batches them together), and unpickled by every worker into a private host copy that ComfyUI's
-model management in the worker loads onto the worker's GPU for the job and frees with the request.
+Flux / Qwen-Image), the VAE that encodes the hint. XFuser KSampler sends the conditioning like any other input, with
+the positive and negative in one request, so they still share one ControlNet and ComfyUI batches them together.
+ComfyUI's ControlNet object does not record the file it was loaded from, so the weights travel with it.
 
-This is the one place where weights travel through Ray, once per job: a ControlNet (typically 1 to 4 GB) is a
-fraction of the DiT, and ComfyUI's ControlNet object does not record the file it was loaded from, so a worker could
-not load it itself. Each job costs a serialization on the ComfyUI side, one object-store copy per host, and per
-worker a host-RAM copy plus the GPU copy single-process ComfyUI also holds.
+When every worker runs on ComfyUI's host, the request is packed by ``transport``: the ControlNet's and VAE's weights
+are written once into files in shared memory (reused while the ControlNet lives, as in consecutive prompts) and each
+worker maps them from the page cache, with no host copy of its own; only the small rest goes through Ray. ComfyUI's
+model management in the worker loads the ControlNet onto the worker's GPU for the job and frees it with the request.
+With workers on other hosts the request goes through Ray whole, as any other input: pickled once into the object
+store, one copy per host there, and a private host-RAM copy per worker (each host would need its own shared files).
 
 The devices in the object are those ComfyUI chose in its own process (its GPU, or the CPU for a CPU-only ComfyUI in
 front of a GPU cluster), so each worker points the ControlNet's model and its hint VAE at its own device. Dtypes stay

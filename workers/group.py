@@ -18,6 +18,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ..parallel.degrees import GroupConfig, TandemConfigError, validate, validate_available
+from . import transport
 from .actor import Worker
 from .comfyui import comfyui_path
 
@@ -141,6 +142,7 @@ class Group:
         except Exception:
             self.stop()
             raise
+        self.on_this_host = all(info["host"] == ray.util.get_node_ip_address() for info in self.workers)
         for warning in sorted({w for info in self.workers for w in info["warnings"]}):
             log.warning("Tandem: %s", warning)
 
@@ -191,6 +193,11 @@ class Group:
         """Call ``method`` on every actor with the same arguments (put once in the object store)."""
         refs = [ray.put(a) if not isinstance(a, (int, str, float, bool, tuple)) else a for a in args]
         return self.get([getattr(actor, method).remote(*refs) for actor in self.actors], on_poll=on_poll)
+
+    def sample(self, key: tuple, request, on_poll: Callable[[], None] | None = None) -> list:
+        """Run a ``SampleRequest`` on every actor. When they all run on this host, its large tensors (ControlNet and
+        VAE weights) go by reference through shared-memory files (see ``transport``); else through Ray with the rest."""
+        return self.call("sample", key, transport.pack(request) if self.on_this_host else request, on_poll=on_poll)
 
     def progress(self) -> tuple[int, int]:
         """(step, total) of the current sampling job, as rank 0 reports it."""
@@ -259,6 +266,7 @@ def shutdown() -> None:
         _current = None
     _epoch += 1
     shutdown_ray()
+    transport.clear()
 
 
 def current() -> "Group | None":
