@@ -23,7 +23,7 @@ def adapter_for(diffusion_model) -> ModuleType:
     raise TandemConfigError(
         f"Tandem's sequence parallelism does not support {type(diffusion_model).__name__} models yet "
         f"(supported: {supported}): set Ulysses degree and Ring degree to 1 for this model; "
-        "FSDP alone works with any ComfyUI model.")
+        "FSDP and data parallel (GPU count above CFG × Ulysses × Ring) work with any ComfyUI model.")
 
 
 def fsdp_blocks(diffusion_model) -> list[torch.nn.Module]:
