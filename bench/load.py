@@ -12,18 +12,15 @@ the raw numbers to $OUT (or bench/out) as load.md / load.json.
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import torch
 
 from _tandem import import_tandem
 from cell import host_ram
 from matrix import MODELS
 from run import find_comfyui
-from weights import file_name
+from weights import DEFAULT_CACHE, cached
 
 HERE = Path(__file__).resolve().parent
 FANOUTS = ("every-rank", "rank0", "striped")
@@ -33,17 +30,11 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="wan2.1-14b", choices=MODELS)
     p.add_argument("--gpus", type=int, default=2)
-    p.add_argument("--cache", type=Path, default=Path(os.environ.get("TANDEM_BENCH_CACHE",
-                                                                      Path.home() / ".cache" / "tandem-bench")))
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or HERE / "out"))
     args = p.parse_args()
     find_comfyui()
-    path = args.cache / file_name(args.model)
-    if not path.exists():
-        args.cache.mkdir(parents=True, exist_ok=True)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        subprocess.run([sys.executable, str(HERE / "weights.py"), args.model, str(path), "--device", device],
-                       check=True, cwd=HERE)
+    path = cached(args.model, args.cache)
     size_gb = path.stat().st_size / 1e9
     with open(path, "rb") as f:                     # warm the page cache, as a second prompt would find it
         while f.read(1 << 28):

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 import report
 from matrix import DEFAULT_MODES, MODELS, MODES
-from weights import file_name
+from weights import DEFAULT_CACHE, file_name
 
 HERE = Path(__file__).resolve().parent
 
@@ -38,8 +38,7 @@ def arguments() -> argparse.Namespace:
     p.add_argument("--size", help="WxH or WxHxF for every model (default: each model's own)")
     p.add_argument("--steps", type=int, default=6, help="steps of the timed run (at least 3)")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
-    p.add_argument("--cache", type=Path, default=Path(os.environ.get("TANDEM_BENCH_CACHE",
-                                                                      Path.home() / ".cache" / "tandem-bench")))
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or HERE / "out"))
     p.add_argument("--append", default=str(HERE.parent / "BENCHMARKS.md"), help="file the Markdown section is "
                                                                                  "appended to ('' for none)")

@@ -9,10 +9,7 @@ then the same again warm; then 6 steps with a CUDA synchronisation in the callba
 """
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,9 +19,7 @@ from _tandem import import_tandem
 from cell import conditioning, request
 from matrix import MODELS
 from run import find_comfyui
-from weights import file_name
-
-HERE = Path(__file__).resolve().parent
+from weights import DEFAULT_CACHE, cached
 
 
 def timed(model, inputs: dict, cfg: float, steps: int, sync: bool) -> dict:
@@ -48,16 +43,10 @@ def timed(model, inputs: dict, cfg: float, steps: int, sync: bool) -> dict:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="wan2.1-1.3b", choices=MODELS)
-    p.add_argument("--cache", type=Path, default=Path(os.environ.get("TANDEM_BENCH_CACHE",
-                                                                      Path.home() / ".cache" / "tandem-bench")))
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     args = p.parse_args()
     find_comfyui()
-    path = args.cache / file_name(args.model)
-    if not path.exists():
-        args.cache.mkdir(parents=True, exist_ok=True)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        subprocess.run([sys.executable, str(HERE / "weights.py"), args.model, str(path), "--device", device],
-                       check=True, cwd=HERE)
+    path = cached(args.model, args.cache)
     import_tandem()
     import comfy.sd
 

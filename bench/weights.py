@@ -11,12 +11,17 @@ import math
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from matrix import MODELS, Model
+
+
+DEFAULT_CACHE = Path(os.environ.get("TANDEM_BENCH_CACHE", Path.home() / ".cache" / "tandem-bench"))
 
 
 def file_name(name: str) -> str:
@@ -75,6 +80,17 @@ def generate(model: Model, path: Path, device: str) -> None:
                 x += 1.0
             f.write(x.to(torch.bfloat16).cpu().reshape(-1).view(torch.uint8).numpy())
     os.replace(partial, path)
+
+
+def cached(name: str, cache: Path) -> Path:
+    """The cached checkpoint of model ``name``, generated first (in its own process, see above) when missing."""
+    path = cache / file_name(name)
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), name, str(path), "--device", device],
+                       check=True, cwd=Path(__file__).resolve().parent)
+    return path
 
 
 def main():

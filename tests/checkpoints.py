@@ -54,6 +54,10 @@ _WAN = dict(image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), in_dim
 _QWEN = dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16, num_layers=2,
              attention_head_dim=128, num_attention_heads=2, joint_attention_dim=3584, pooled_projection_dim=768,
              guidance_embeds=False, axes_dims_rope=(16, 56, 56))
+_HUNYUAN = dict(image_model="hunyuan_video", in_channels=16, out_channels=16, patch_size=[1, 2, 2], vec_in_dim=768,
+                axes_dim=[16, 56, 56], meanflow=False, context_in_dim=4096, hidden_size=256, mlp_ratio=4.0,
+                num_heads=2, depth=2, depth_single_blocks=2, theta=256, qkv_bias=True, byt5=False,
+                guidance_embed=True, use_cond_type_embedding=False, vision_in_dim=None)
 
 FAMILIES: dict[str, Family] = {
     "wan21_t2v": Family(comfy.supported_models.WAN21_T2V, _WAN, True, (1, 16, 1, 8, 8), 4096),
@@ -76,20 +80,11 @@ FAMILIES: dict[str, Family] = {
                                (1, 16, 1, 8, 8), 4096),
     "wan21_i2v": Family(comfy.supported_models.WAN21_I2V, {**_WAN, "model_type": "i2v", "in_dim": 36}, True,
                         (1, 16, 1, 8, 8), 4096),
-    "hunyuan_video": Family(
-        comfy.supported_models.HunyuanVideo,
-        dict(image_model="hunyuan_video", in_channels=16, out_channels=16, patch_size=[1, 2, 2], vec_in_dim=768,
-             axes_dim=[16, 56, 56], meanflow=False, context_in_dim=4096, hidden_size=256, mlp_ratio=4.0, num_heads=2,
-             depth=2, depth_single_blocks=2, theta=256, qkv_bias=True, byt5=False, guidance_embed=True,
-             use_cond_type_embedding=False, vision_in_dim=None),
-        True, (1, 16, 1, 8, 8), 4096, ("pooled_output", "guidance")),
+    "hunyuan_video": Family(comfy.supported_models.HunyuanVideo, _HUNYUAN, True, (1, 16, 1, 8, 8), 4096,
+                            ("pooled_output", "guidance")),
     "hunyuan_video_i2v": Family(   # HunyuanVideo I2V: 16 noise + 16 image + 1 mask input channels
-        comfy.supported_models.HunyuanVideoI2V,
-        dict(image_model="hunyuan_video", in_channels=33, out_channels=16, patch_size=[1, 2, 2], vec_in_dim=768,
-             axes_dim=[16, 56, 56], meanflow=False, context_in_dim=4096, hidden_size=256, mlp_ratio=4.0, num_heads=2,
-             depth=2, depth_single_blocks=2, theta=256, qkv_bias=True, byt5=False, guidance_embed=True,
-             use_cond_type_embedding=False, vision_in_dim=None),
-        True, (1, 16, 1, 8, 8), 4096, ("pooled_output", "guidance")),
+        comfy.supported_models.HunyuanVideoI2V, {**_HUNYUAN, "in_channels": 33}, True, (1, 16, 1, 8, 8), 4096,
+        ("pooled_output", "guidance")),
     "flux": Family(
         comfy.supported_models.Flux,
         dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=256,
