@@ -75,7 +75,7 @@ MODELS: dict[str, Model] = {
 class Mode:
     """How one job runs: ``group`` gives Tandem's GroupConfig fields for n GPUs (None: ComfyUI alone)."""
 
-    label: str                                    # table label; {n} is the GPU count
+    label: str                                    # table label; {n} is the GPU count, {half} n // 2
     group: Callable[[int], dict] | None
     multi_gpu: bool = True                        # runs once per requested GPU count ≥ 2; else on 1 GPU only
 
@@ -90,6 +90,8 @@ MODES: dict[str, Mode] = {
     "tandem1": Mode("Tandem, 1 GPU", lambda n: dict(gpu_count=1, ulysses_degree=1), multi_gpu=False),
     "usp": Mode("Tandem, Ulysses {n}", lambda n: dict(gpu_count=n, ulysses_degree=n)),
     "ring": Mode("Tandem, Ring {n}", lambda n: dict(gpu_count=n, ulysses_degree=1, ring_degree=n)),
+    "ulysses-ring": Mode("Tandem, Ulysses {half} × Ring 2",
+                         lambda n: dict(gpu_count=n, ulysses_degree=max(1, n // 2), ring_degree=2)),
     "fsdp": Mode("Tandem, FSDP over {n}", lambda n: dict(gpu_count=n, ulysses_degree=1, fsdp=True)),
     "usp+fsdp": Mode("Tandem, Ulysses {n} + FSDP", lambda n: dict(gpu_count=n, ulysses_degree=n, fsdp=True)),
     "fsdp+offload": Mode("Tandem, Ulysses {n} + FSDP + CPU offload",

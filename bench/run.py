@@ -85,7 +85,7 @@ def child(script: str, argv: list[str], log: Path, device: str, timeout: int) ->
 
 def run_cell(args, model: str, mode: str, gpus: int, weights: Path, weights_error: str | None, logs: Path) -> dict:
     size = args.size or MODELS[model].size
-    cell = {"model": model, "mode": mode, "gpus": gpus, "size": size, "label": MODES[mode].label.format(n=gpus),
+    cell = {"model": model, "mode": mode, "gpus": gpus, "size": size, "label": MODES[mode].label.format(n=gpus, half=gpus // 2),
             "group": MODES[mode].group(gpus) if MODES[mode].group else None}
     if weights_error:
         return {**cell, "status": "failed", "message": f"generating the weights: {weights_error}"}
