@@ -25,10 +25,13 @@ from tandem.parallel.degrees import GroupConfig  # noqa: E402
 from tandem.parallel.sequence import SequenceShard  # noqa: E402
 from tandem.parallel.ulysses import joint_ulysses_attention, ulysses_attention  # noqa: E402
 
-LAYOUTS = ((1, 2), (2, 1), (1, 4), (2, 2), (4, 1))   # (Ulysses, Ring); (1, 2) and (2, 1) run as two groups of 2
-TOKENS = (48, 45, 5)    # divisible by 4; padded by 3; 5 on 4 ranks: Ring 4's last rank holds padding only
+# (Ulysses, Ring) per world size; on 4 ranks (1, 2) and (2, 1) run as two groups of 2
+LAYOUTS = {4: ((1, 2), (2, 1), (1, 4), (2, 2), (4, 1)),
+           8: ((8, 1), (4, 2), (2, 4), (1, 8))}
+TOKENS = (48, 45, 5)    # divisible by 4 and 8; padded by 3; 5 tokens: Ring 4/8's last ranks hold padding only
 TEXT = {"none": None, "text-first": True, "text-last": False}
-HEADS, HEAD_DIM, BATCH, TEXT_TOKENS = 4, 8, 2, 7
+HEAD_DIM, BATCH, TEXT_TOKENS = 8, 2, 7
+HEADS = 4               # main() sets it to the world size when that is larger (Ulysses 8 needs 8 heads)
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -63,9 +66,11 @@ def case_error(shard: SequenceShard, tokens: int, text_first: bool | None, dtype
 
 
 def main(rank: int, world: int, port: int) -> None:
+    global HEADS
+    HEADS = max(HEADS, world)
     process_group.join("127.0.0.1", port, rank, world, torch.device("cpu"), timeout_s=120)
     errors = {}
-    for ulysses, ring in LAYOUTS:
+    for ulysses, ring in LAYOUTS[world]:
         config = GroupConfig(gpu_count=world, ulysses_degree=ulysses, ring_degree=ring)
         sequence, ulysses_group, ring_group = process_group.sequence_groups(config, rank)
         shard = SequenceShard(sequence, ulysses_group=ulysses_group, ring_group=ring_group)

@@ -86,3 +86,14 @@ def test_ring_and_usp_layouts_equal_sdpa_on_four_ranks():
     assert len(worst) == 5 * (3 * 3 + 1)
     failed = {case: error for case, error in worst.items() if not error < TOLERANCE[case.split()[-1]]}
     assert not failed, failed
+
+
+def test_eight_rank_layouts_equal_sdpa():
+    """What an 8-GPU box runs: Ulysses 8 (8 heads), Ulysses 4 × Ring 2 (Wan2.1-1.3B's 12 heads), 2 × 4, Ring 8."""
+    per_rank = run_ranks(8)
+    worst = {case: max(errors[case] for errors in per_rank) for case in per_rank[0]}
+    for case, error in worst.items():
+        print(f"{case}: max abs error {error:.1e}")
+    assert len(worst) == 4 * (3 * 3 + 1)
+    failed = {case: error for case, error in worst.items() if not error < TOLERANCE[case.split()[-1]]}
+    assert not failed, failed
