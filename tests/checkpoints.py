@@ -76,6 +76,8 @@ FAMILIES: dict[str, Family] = {
                          (1, 16, 1, 8, 8), 4096),
     "wan21_t2v_4heads": Family(comfy.supported_models.WAN21_T2V, {**_WAN, "dim": 512, "num_heads": 4}, True,
                                (1, 16, 1, 8, 8), 4096),
+    "wan21_t2v_8heads": Family(comfy.supported_models.WAN21_T2V, {**_WAN, "dim": 1024, "num_heads": 8}, True,
+                               (1, 16, 1, 8, 8), 4096),
     "wan21_t2v_3heads": Family(comfy.supported_models.WAN21_T2V, {**_WAN, "dim": 384, "num_heads": 3}, True,
                                (1, 16, 1, 8, 8), 4096),
     "wan21_i2v": Family(comfy.supported_models.WAN21_I2V, {**_WAN, "model_type": "i2v", "in_dim": 36}, True,

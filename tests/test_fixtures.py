@@ -10,7 +10,8 @@ from tandem.tests.checkpoints import FAMILIES, detection_state_dict, load_checkp
 
 import comfy.model_detection  # noqa: E402  (importable once checkpoints ran import_comfyui)
 
-CLASS_NAMES = {"wan21_t2v": "WAN21_T2V", "wan21_t2v_3heads": "WAN21_T2V", "wan21_i2v": "WAN21_I2V",
+CLASS_NAMES = {"wan21_t2v": "WAN21_T2V", "wan21_t2v_3heads": "WAN21_T2V", "wan21_t2v_8heads": "WAN21_T2V",
+               "wan21_i2v": "WAN21_I2V",
                "hunyuan_video": "HunyuanVideo", "hunyuan_video_i2v": "HunyuanVideoI2V", "flux": "Flux", "qwen_image": "QwenImage",
                "qwen_image_min": "QwenImage", "ltxv": "LTXV"}
 
