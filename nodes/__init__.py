@@ -1,17 +1,20 @@
 """ComfyUI node classes only: validate inputs, call into workers/, return graph types."""
 from .group import TandemInit, TandemShutdown
 from .loader import TandemModelLoader
+from .lora import TandemLoraLoader
 from .sampler import XFuserKSamplerAdvanced
 
 NODE_CLASS_MAPPINGS = {
     "TandemInit": TandemInit,
     "TandemShutdown": TandemShutdown,
     "TandemModelLoader": TandemModelLoader,
+    "TandemLoraLoader": TandemLoraLoader,
     "XFuserKSamplerAdvanced": XFuserKSamplerAdvanced,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "TandemInit": "Tandem Init",
     "TandemShutdown": "Tandem Shutdown",
     "TandemModelLoader": "Tandem Model Loader",
+    "TandemLoraLoader": "Tandem LoRA Loader",
     "XFuserKSamplerAdvanced": "XFuser KSampler (Advanced)",
 }

@@ -15,9 +15,10 @@ class TandemModel:
     group: Group
     key: tuple
     model_type: str
+    loras: tuple[tuple[str, float], ...] = ()      # (file, strength), applied by the workers when sampling
 
 
-def check_readable(path: str, name: str) -> None:
+def check_readable(path: str, name: str, kind: str = "model file") -> None:
     """Read a safetensors header here, once, so a truncated download fails with a fix instead of in N workers.
 
     safetensors checks that the header's tensors fit in the file, which catches an interrupted download.
@@ -28,7 +29,7 @@ def check_readable(path: str, name: str) -> None:
         with safetensors.safe_open(path, framework="pt"):
             pass
     except Exception as e:
-        raise TandemError(f"model file {name!r} is not a readable safetensors file ({e}): it is probably "
+        raise TandemError(f"{kind} {name!r} is not a readable safetensors file ({e}): it is probably "
                           "incomplete or corrupt; download it again") from None
 
 

@@ -37,7 +37,7 @@ class XFuserKSamplerAdvanced:
             add_noise=add_noise == "enable", noise_seed=noise_seed, steps=steps, cfg=cfg,
             sampler_name=sampler_name, scheduler=scheduler, positive=positive, negative=negative,
             latent=latent_image, start_at_step=start_at_step, end_at_step=end_at_step,
-            return_with_leftover_noise=return_with_leftover_noise == "enable")
+            return_with_leftover_noise=return_with_leftover_noise == "enable", loras=model.loras)
         group = model.group
         bar = comfy.utils.ProgressBar(steps)
 

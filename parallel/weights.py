@@ -129,13 +129,13 @@ def materialize(module: torch.nn.Module, sd: dict, device: torch.device, ranges:
                 missing.append(name)
                 continue
             owner = module.get_submodule(owner_name)
-            assign = partial(_assign, owner, attr)
+            put = partial(assign, owner, attr)
             if isinstance(tensor, DTensor):
                 _fill_shard(tensor, sd[name], stager)
             elif stager is None:
-                assign(sd[name] if sd[name].dtype == tensor.dtype else sd[name].to(tensor.dtype))
+                put(sd[name] if sd[name].dtype == tensor.dtype else sd[name].to(tensor.dtype))
             else:
-                _fill_full(sd[name], tensor.dtype, device, stager, fanout, assign)
+                _fill_full(sd[name], tensor.dtype, device, stager, fanout, put)
     finally:
         if stager is not None:
             stager.finish()
@@ -145,7 +145,8 @@ def materialize(module: torch.nn.Module, sd: dict, device: torch.device, ranges:
     return missing + [n for n in unfilled if n not in missing]
 
 
-def _assign(owner: torch.nn.Module, attr: str, value: torch.Tensor) -> None:
+def assign(owner: torch.nn.Module, attr: str, value: torch.Tensor) -> None:
+    """Make ``value`` the parameter or buffer ``owner.attr`` (a new tensor; the old one is not written)."""
     if attr in owner._parameters:
         owner._parameters[attr] = torch.nn.Parameter(value, requires_grad=False)
     else:

@@ -48,10 +48,12 @@ class ComfyServer:
         self.base_dir = Path(base_dir)
         self.custom_nodes_dir = self.base_dir / "custom_nodes"
         self.diffusion_models_dir = self.base_dir / "models" / "diffusion_models"
+        self.loras_dir = self.base_dir / "models" / "loras"
         self.output_dir = self.base_dir / "output"
         self.log_path = self.base_dir / "comfyui.log"
         self.custom_nodes_dir.mkdir(parents=True, exist_ok=True)
         self.diffusion_models_dir.mkdir(parents=True, exist_ok=True)
+        self.loras_dir.mkdir(parents=True, exist_ok=True)
         (self.custom_nodes_dir / CLONE_NAME).symlink_to(Path(repo_root).resolve(), target_is_directory=True)
         for package in extra_nodes:
             (self.custom_nodes_dir / Path(package).name).symlink_to(Path(package).resolve(), target_is_directory=True)

@@ -13,6 +13,7 @@ EXPECTED_INPUTS = {
                    "fsdp_cpu_offload", "attention", "timeout_s"],
     "TandemShutdown": [],
     "TandemModelLoader": ["unet_name", "weight_dtype", "group"],
+    "TandemLoraLoader": ["model", "lora_name", "strength_model"],
     "TandemTestConditioning": ["seed", "tokens", "width"],
     "XFuserKSamplerAdvanced": ["model", "add_noise", "noise_seed", "steps", "cfg", "sampler_name", "scheduler",
                                "positive", "negative", "latent_image", "start_at_step", "end_at_step",

@@ -98,6 +98,42 @@ def test_tandem_equals_single_process(comfy_server, install, init_node, size, to
     assert error < 1e-4
 
 
+def with_lora(prompt: dict, lora_name: str, strength: float) -> dict:
+    """Tandem LoRA Loader between the Loader and XFuser KSampler; LoraLoaderModelOnly on the single-process side."""
+    prompt["lora"] = {"class_type": "TandemLoraLoader",
+                      "inputs": {"model": ["load", 0], "lora_name": lora_name, "strength_model": strength}}
+    prompt["tandem"]["inputs"]["model"] = ["lora", 0]
+    if "single" in prompt:
+        prompt["unet_lora"] = {"class_type": "LoraLoaderModelOnly",
+                               "inputs": {"model": ["unet", 0], "lora_name": lora_name, "strength_model": strength}}
+        prompt["single"]["inputs"]["model"] = ["unet_lora", 0]
+    return prompt
+
+
+def test_lora_node_equals_lora_loader_model_only(comfy_server, install, init_node):
+    from tandem.tests.test_lora import make_lora
+
+    lora = make_lora("wan21_t2v", comfy_server.loras_dir / "tiny_wan_lora.safetensors", seed=5)
+    prompt = tandem_prompt(init_node, install("wan21_t2v"), (32, 32, 9), next(_seeds), "lora", single_process=True)
+    entry = comfy_server.wait(comfy_server.post_prompt(with_lora(prompt, lora.name, 0.7)))
+    tandem, single = saved_latent(comfy_server, entry, "save_tandem"), saved_latent(comfy_server, entry, "save_single")
+    error = ((tandem - single).norm() / single.norm()).item()
+    print(f"Tandem LoRA Loader vs LoraLoaderModelOnly: relative error {error:.2e}")
+    assert error < 1e-4
+
+
+def test_lora_for_another_model_fails_in_one_line(comfy_server, install, init_node):
+    from tandem.tests.test_lora import make_lora
+
+    lora = make_lora("flux", comfy_server.loras_dir / "flux_lora.safetensors", seed=6)
+    prompt = tandem_prompt(init_node, install("wan21_t2v"), (32, 32, 9), next(_seeds), "bad_lora")
+    error = comfy_server.wait_error(comfy_server.post_prompt(with_lora(prompt, lora.name, 1.0)), timeout=120)
+    message = error["exception_message"].strip()
+    print(f"{error['node_type']}: {message}")
+    assert "\n" not in message and message.startswith("LoRA 'flux_lora.safetensors' matches none of this WAN21_T2V")
+    assert_group_still_samples(comfy_server, install, init_node, cached=True)
+
+
 def test_unlisted_model_is_rejected_by_comfyui(comfy_server, install, init_node):
     """A name not in the folder never reaches Tandem: ComfyUI's validation rejects the prompt with a 400."""
     prompt = tandem_prompt(init_node, "no_such_model.safetensors", (32, 32, 9), next(_seeds), "unlisted")

@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
 from ..models import adapter_for, fsdp_blocks
-from ..parallel import cfg, data, fsdp, process_group, weights
+from ..parallel import cfg, data, fsdp, lora, process_group, weights
 from ..parallel.attention import resolve_backend
 from ..parallel.degrees import GroupConfig, TandemConfigError, validate_heads
 from ..parallel.sequence import SequenceShard
@@ -44,6 +44,9 @@ class Worker:
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         self.models: dict[tuple, object] = {}
         self.shards: dict[tuple, object] = {}
+        self.sources: dict[tuple, dict | None] = {}    # the file's state dict (mmap views): originals for LoRA
+        self.loras: dict[tuple, tuple] = {}            # the LoRAs each model's weights carry now, and their keys
+        self.lora_keys: dict[tuple, set[str]] = {}
         self.read_bytes: dict[tuple, int | None] = {}   # full-tensor bytes this rank read for the host (fan-out)
         self.sequence_groups = (None, None, None)   # sequence, Ulysses, Ring
         self.cfg_group = None
@@ -83,13 +86,14 @@ class Worker:
         if key not in self.models:
             try:
                 share = self._fanout(fanout)
-                patcher, shard = self._load(path, model_options(weight_dtype), unet_config, share)
+                patcher, shard, sd = self._load(path, model_options(weight_dtype), unet_config, share)
                 self.read_bytes[key] = share.read_bytes[share.me] if share else None
             except torch.OutOfMemoryError:
                 raise TandemConfigError(
                     f"{os.path.basename(path)} does not fit in this GPU's memory: turn FSDP on in Tandem Init "
                     "(and CPU offload if that is not enough), or pick an fp8 weight dtype") from None
-            self.models[key], self.shards[key] = patcher, shard
+            self.models[key], self.shards[key], self.sources[key] = patcher, shard, sd
+            self.loras[key], self.lora_keys[key] = (), set()
         patcher = self.models[key]
         params = list(patcher.model.diffusion_model.parameters())
         return {"key": key, "model": type(patcher.model.model_config).__name__,
@@ -109,7 +113,7 @@ class Worker:
         return weights.Fanout(self.host_group, striped=choice == "striped")
 
     def _load(self, path: str, options: dict, unet_config: dict | None, fanout: weights.Fanout | None
-              ) -> tuple[comfy.model_patcher.ModelPatcher, SequenceShard | None]:
+              ) -> tuple[comfy.model_patcher.ModelPatcher, SequenceShard | None, dict | None]:
         sd, metadata = weights.open_checkpoint(path)
         ranges = FileRanges(path, sd) if path.lower().endswith((".safetensors", ".sft")) else None
         model, sd = weights.build_on_meta(sd, metadata, options, unet_config)
@@ -146,7 +150,7 @@ class Worker:
         if self.cfg_group is not None:
             patcher.model_options["sampler_calc_cond_batch_function"] = cfg.split_branches(
                 self.cfg_group, cfg.branch_of(self.config, self.rank))
-        return patcher, shard
+        return patcher, shard, sd
 
     def _count_rows(self, module, args) -> None:
         self._rows += args[0].shape[0] if args else 0
@@ -157,7 +161,7 @@ class Worker:
         (bytes) when the group runs on ComfyUI's host (see ``transport``)."""
         if isinstance(request, bytes):
             request = transport.unpack(request)
-        patcher = self.models[key]
+        patcher = self._with_loras(key, request.loras)
         shard = self.shards.get(key)
         if shard is not None:
             shard.reset_stats()
@@ -185,6 +189,21 @@ class Worker:
             stats["peak_vram_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         leads = data.leads_replica(self.config, self.rank) and len(samples)
         return (samples.cpu() if leads else None), stats
+
+    def _with_loras(self, key: tuple, loras: tuple[tuple[str, float], ...]) -> comfy.model_patcher.ModelPatcher:
+        """The model with exactly ``loras`` applied. Tandem's resident weights are patched in place from the file
+        (see ``parallel/lora``) only when the set changes; a model ComfyUI's loader built gets a clone that ComfyUI
+        patches itself, as it would on one GPU."""
+        patcher = self.models[key]
+        if self.sources[key] is None:
+            return lora.patched_clone(patcher, loras) if loras else patcher
+        if self.loras[key] != loras:
+            patches = lora.patched_clone(patcher, loras).patches if loras else {}
+            keys = self.lora_keys[key] | set(patches)
+            self.loras[key], self.lora_keys[key] = None, keys     # unknown until every key is written
+            lora.set_weights(patcher.model, self.sources[key], patches, keys, self.device)
+            self.loras[key], self.lora_keys[key] = loras, set(patches)
+        return patcher
 
     def _stop_requested(self) -> bool:
         """Every rank learns in the same step whether any rank was asked to stop, so none waits alone."""

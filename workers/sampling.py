@@ -22,6 +22,7 @@ class SampleRequest:
     start_at_step: int
     end_at_step: int
     return_with_leftover_noise: bool
+    loras: tuple[tuple[str, float], ...] = ()     # (file, strength) in the order the LoRA nodes apply them
 
 
 def run_ksampler(model, req: SampleRequest, callback: Callable, rows: list[int] | None = None) -> torch.Tensor:
