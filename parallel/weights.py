@@ -175,11 +175,13 @@ def _fill_shard(param: DTensor, full: torch.Tensor, stager: Stager | None) -> No
 class ResidentModelPatcher(comfy.model_patcher.ModelPatcher):
     """A ModelPatcher whose weights Tandem placed (on the GPU, as FSDP shards, or as mmap views): ComfyUI's memory
     manager keeps its bookkeeping but never moves or offloads them, which would make private host copies or break
-    the FSDP shards. Weight patches (LoRA) would need the full weights, so they are refused."""
+    the FSDP shards. Its own weight patching (backups, then patches written over the weights) is refused: LoRAs
+    reach these weights through ``parallel/lora``, which keeps no backup."""
 
     def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
         if self.patches:
-            raise NotImplementedError("Tandem does not apply weight patches (LoRA) to its models yet")
+            raise NotImplementedError("Tandem models take LoRAs through the Tandem LoRA Loader node, not through "
+                                      "ComfyUI's weight patches")
         self.model.model_lowvram = False
         self.model.device = self.load_device
         self.model.model_loaded_weight_memory = self.model_size()
