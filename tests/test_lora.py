@@ -100,3 +100,19 @@ def test_lora_for_another_model_is_refused_and_the_group_keeps_working(tandem_gr
         tandem_group.call("sample", key, req)
     req.loras = ()
     assert tandem_group.call("sample", key, req)[0][0] is not None
+
+
+def test_a_lora_file_rewritten_in_place_is_applied_anew(tandem_group, checkpoint, tmp_path):
+    """Same name, new contents (a re-download or a retrained LoRA): the next prompt uses the new file."""
+    path = str(checkpoint("wan21_t2v"))
+    key = tandem_group.call("load", path, "default")[0]["key"]
+    lora_file = tmp_path / "retrained.safetensors"
+    req = request("wan21_t2v", SHAPE, "euler")
+    req.loras = ((str(lora_file), 1.0),)
+    results = []
+    for seed in (7, 8):
+        make_lora("wan21_t2v", lora_file, seed)
+        results.append((tandem_group.call("sample", key, req)[0][0], comfyui_sample(path, "wan21_t2v", req.loras, req)))
+    (first, first_expected), (second, second_expected) = results
+    assert relative(second_expected, first_expected) > 0.05
+    assert relative(first, first_expected) < 1e-4 and relative(second, second_expected) < 1e-4

@@ -45,7 +45,7 @@ class Worker:
         self.models: dict[tuple, object] = {}
         self.shards: dict[tuple, object] = {}
         self.sources: dict[tuple, dict | None] = {}    # the file's state dict (mmap views): originals for LoRA
-        self.loras: dict[tuple, tuple] = {}            # the LoRAs each model's weights carry now, and their keys
+        self.loras: dict[tuple, tuple | None] = {}     # the LoRA files each model's weights carry now, and their keys
         self.lora_keys: dict[tuple, set[str]] = {}
         self.read_bytes: dict[tuple, int | None] = {}   # full-tensor bytes this rank read for the host (fan-out)
         self.sequence_groups = (None, None, None)   # sequence, Ulysses, Ring
@@ -192,17 +192,18 @@ class Worker:
 
     def _with_loras(self, key: tuple, loras: tuple[tuple[str, float], ...]) -> comfy.model_patcher.ModelPatcher:
         """The model with exactly ``loras`` applied. Tandem's resident weights are patched in place from the file
-        (see ``parallel/lora``) only when the set changes; a model ComfyUI's loader built gets a clone that ComfyUI
-        patches itself, as it would on one GPU."""
+        (see ``parallel/lora``) only when the set changes (a file rewritten in place counts as a change); a model
+        ComfyUI's loader built gets a clone that ComfyUI patches itself, as it would on one GPU."""
         patcher = self.models[key]
         if self.sources[key] is None:
             return lora.patched_clone(patcher, loras) if loras else patcher
-        if self.loras[key] != loras:
+        identity = tuple((path, strength, os.stat(path).st_size, os.stat(path).st_mtime_ns) for path, strength in loras)
+        if self.loras[key] != identity:
             patches = lora.patched_clone(patcher, loras).patches if loras else {}
             keys = self.lora_keys[key] | set(patches)
             self.loras[key], self.lora_keys[key] = None, keys     # unknown until every key is written
             lora.set_weights(patcher.model, self.sources[key], patches, keys, self.device)
-            self.loras[key], self.lora_keys[key] = loras, set(patches)
+            self.loras[key], self.lora_keys[key] = identity, set(patches)
         return patcher
 
     def _stop_requested(self) -> bool:
