@@ -4,6 +4,8 @@ from dataclasses import dataclass
 import folder_paths
 import safetensors
 
+from ..parallel import gguf
+from ..parallel.degrees import TandemConfigError
 from ..workers.actor import WEIGHT_DTYPES
 from ..workers.group import Group, TandemError
 
@@ -19,18 +21,26 @@ class TandemModel:
 
 
 def check_readable(path: str, name: str, kind: str = "model file") -> None:
-    """Read a safetensors header here, once, so a truncated download fails with a fix instead of in N workers.
-
-    safetensors checks that the header's tensors fit in the file, which catches an interrupted download.
-    """
-    if not path.lower().endswith((".safetensors", ".sft")):
-        return
+    """Read a safetensors or GGUF header here, once, so a truncated download fails with a fix instead of in N
+    workers: both readers check that the header's tensors fit in the file."""
     try:
-        with safetensors.safe_open(path, framework="pt"):
-            pass
+        if path.lower().endswith((".safetensors", ".sft")):
+            with safetensors.safe_open(path, framework="pt"):
+                pass
+        elif path.lower().endswith(".gguf"):
+            gguf.read(path)
+    except TandemConfigError as e:
+        raise TandemError(str(e)) from None
     except Exception as e:
         raise TandemError(f"{kind} {name!r} is not a readable safetensors file ({e}): it is probably "
                           "incomplete or corrupt; download it again") from None
+
+
+def model_files() -> list[str]:
+    """What Load Diffusion Model lists, and the GGUF files in the same folders (ComfyUI itself does not list them)."""
+    ggufs = {name for folder in folder_paths.get_folder_paths("diffusion_models")
+             for name in folder_paths.filter_files_extensions(folder_paths.recursive_search(folder)[0], [".gguf"])}
+    return folder_paths.get_filename_list("diffusion_models") + sorted(ggufs)
 
 
 class TandemModelLoader:
@@ -38,8 +48,8 @@ class TandemModelLoader:
     def INPUT_TYPES(cls):
         return {"required": {
             "group": ("TANDEM_GROUP",),
-            "unet_name": (folder_paths.get_filename_list("diffusion_models"), {"tooltip":
-                "A diffusion model from ComfyUI's diffusion_models folder (as in Load Diffusion Model)."}),
+            "unet_name": (model_files(), {"tooltip": "A diffusion model from ComfyUI's diffusion_models folder (as "
+                                                      "in Load Diffusion Model), or a GGUF file there."}),
             "weight_dtype": (list(WEIGHT_DTYPES), {"tooltip": "Weight dtype in GPU memory; default keeps the file's."}),
         }}
 

@@ -134,6 +134,26 @@ def test_lora_for_another_model_fails_in_one_line(comfy_server, install, init_no
     assert_group_still_samples(comfy_server, install, init_node, cached=True)
 
 
+def test_gguf_model_is_listed_and_samples(comfy_server, checkpoint, init_node, tmp_path):
+    """Tandem Model Loader lists GGUF files of diffusion_models (Load Diffusion Model does not) and samples them as
+    ComfyUI samples the same weights dequantized."""
+    from tandem.tests.test_gguf import make_gguf
+
+    gguf_file, reference = make_gguf(checkpoint("wan21_t2v"), tmp_path)
+    for path in (gguf_file, reference):
+        (comfy_server.diffusion_models_dir / path.name).symlink_to(path)
+    info = comfy_server.object_info()
+    assert gguf_file.name in info["TandemModelLoader"]["input"]["required"]["unet_name"][0]
+    assert gguf_file.name not in info["UNETLoader"]["input"]["required"]["unet_name"][0]
+    prompt = tandem_prompt(init_node, gguf_file.name, (32, 32, 9), next(_seeds), "gguf", single_process=True)
+    prompt["unet"]["inputs"]["unet_name"] = reference.name
+    entry = comfy_server.wait(comfy_server.post_prompt(prompt))
+    tandem, single = saved_latent(comfy_server, entry, "save_tandem"), saved_latent(comfy_server, entry, "save_single")
+    error = ((tandem - single).norm() / single.norm()).item()
+    print(f"GGUF through Tandem Model Loader vs UNETLoader on the dequantized file: relative error {error:.2e}")
+    assert error < 1e-4
+
+
 def test_unlisted_model_is_rejected_by_comfyui(comfy_server, install, init_node):
     """A name not in the folder never reaches Tandem: ComfyUI's validation rejects the prompt with a 400."""
     prompt = tandem_prompt(init_node, "no_such_model.safetensors", (32, 32, 9), next(_seeds), "unlisted")
@@ -170,6 +190,17 @@ def truncated(server: ComfyServer, checkpoint) -> Path:
     return path
 
 
+def truncated_gguf(server: ComfyServer, checkpoint) -> Path:
+    from tandem.tests.test_gguf import make_gguf
+
+    directory = server.base_dir / "gguf_source"
+    directory.mkdir(exist_ok=True)
+    data = make_gguf(checkpoint("wan21_t2v"), directory)[0].read_bytes()
+    path = server.diffusion_models_dir / "truncated.gguf"
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
 def linked(family: str):
     def make(server: ComfyServer, checkpoint) -> Path:
         path = server.diffusion_models_dir / f"bad_{family}.safetensors"
@@ -188,6 +219,7 @@ BAD_MODELS = {   # how to make the file, and what the one-line message must say 
     "3-heads": (linked("wan21_t2v_3heads"), [
         "Ulysses degree 2 does not divide the model's 3 attention heads: use one of 1, 3"]),
     "truncated": (truncated, ["truncated.safetensors", "download"]),
+    "truncated-gguf": (truncated_gguf, ["truncated.gguf is not a readable GGUF file", "download"]),
 }
 
 

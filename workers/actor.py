@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
 from ..models import adapter_for, fsdp_blocks
-from ..parallel import cfg, data, fsdp, lora, process_group, weights
+from ..parallel import cfg, data, fsdp, gguf, lora, process_group, weights
 from ..parallel.attention import resolve_backend
 from ..parallel.degrees import GroupConfig, TandemConfigError, validate_heads
 from ..parallel.sequence import SequenceShard
@@ -114,9 +114,13 @@ class Worker:
 
     def _load(self, path: str, options: dict, unet_config: dict | None, fanout: weights.Fanout | None
               ) -> tuple[comfy.model_patcher.ModelPatcher, SequenceShard | None, dict | None]:
-        sd, metadata = weights.open_checkpoint(path)
-        ranges = FileRanges(path, sd) if path.lower().endswith((".safetensors", ".sft")) else None
-        model, sd = weights.build_on_meta(sd, metadata, options, unet_config)
+        if path.lower().endswith(".gguf"):
+            model, sd = self._open_gguf(path, options, unet_config)
+            ranges, fanout = None, None        # every rank dequantizes what it loads
+        else:
+            sd, metadata = weights.open_checkpoint(path)
+            ranges = FileRanges(path, sd) if path.lower().endswith((".safetensors", ".sft")) else None
+            model, sd = weights.build_on_meta(sd, metadata, options, unet_config)
         if model is None:
             if self.config.fsdp:
                 raise TandemConfigError(f"{os.path.basename(path)} is not in a layout ComfyUI detects from its keys, "
@@ -151,6 +155,17 @@ class Worker:
             patcher.model_options["sampler_calc_cond_batch_function"] = cfg.split_branches(
                 self.cfg_group, cfg.branch_of(self.config, self.rank))
         return patcher, shard, sd
+
+    @staticmethod
+    def _open_gguf(path: str, options: dict, unet_config: dict | None) -> tuple:
+        """A GGUF file's model on ``meta`` (detected from shape-only stand-ins) and its lazily dequantized tensors."""
+        tensors = gguf.read(path)
+        meta = gguf.meta_state_dict(tensors)
+        model, processed = weights.build_on_meta(dict(meta), None, options, unet_config)
+        if model is None:
+            raise TandemConfigError(f"{os.path.basename(path)} is not a diffusion model ComfyUI detects from its "
+                                    "tensor names: it is another kind of GGUF file (e.g. a text encoder)")
+        return model, gguf.LazyStateDict(tensors, gguf.model_names(meta, processed))
 
     def _count_rows(self, module, args) -> None:
         self._rows += args[0].shape[0] if args else 0
