@@ -73,3 +73,18 @@ def test_truncated_gguf_fails_in_one_line(tandem_group, files, tmp_path):
     with pytest.raises(TandemConfigError, match=r"^truncated.gguf is not a readable GGUF file \(.*\): it is probably "
                                                 r"incomplete or corrupt; download it again$"):
         tandem_group.call("load", str(truncated), "default")
+
+
+def test_lora_on_a_gguf_model(tandem_group, files, tmp_path):
+    """LoRA patches start from the GGUF file's dequantized tensors (the workers' lazy reader), as ComfyUI's start
+    from the dequantized file."""
+    from tandem.tests.test_lora import comfyui_sample, make_lora, relative
+
+    path, reference = files
+    req = request("wan21_t2v", SHAPE, "euler")
+    req.loras = ((str(make_lora("wan21_t2v", tmp_path / "lora.safetensors", seed=4)), 0.9),)
+    key = tandem_group.call("load", str(path), "default")[0]["key"]
+    latent = tandem_group.call("sample", key, req)[0][0]
+    error = relative(latent, comfyui_sample(str(reference), "wan21_t2v", req.loras, req))
+    print(f"GGUF + LoRA: relative error {error:.2e}")
+    assert error < 1e-4
