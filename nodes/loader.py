@@ -27,7 +27,7 @@ def check_readable(path: str, name: str, kind: str = "model file") -> None:
         if path.lower().endswith((".safetensors", ".sft")):
             with safetensors.safe_open(path, framework="pt"):
                 pass
-        elif path.lower().endswith(".gguf"):
+        elif gguf.is_gguf(path):
             gguf.read(path)
     except TandemConfigError as e:
         raise TandemError(str(e)) from None

@@ -17,6 +17,10 @@ FLOATS = {GGMLQuantizationType.F32: torch.float32, GGMLQuantizationType.F16: tor
           GGMLQuantizationType.BF16: torch.bfloat16}
 
 
+def is_gguf(path: str) -> bool:
+    return path.lower().endswith(".gguf")
+
+
 def read(path: str) -> dict[str, "gguf.ReaderTensor"]:
     """The file's tensors by name; a file gguf cannot parse (truncated, not GGUF) is a one-line error."""
     try:

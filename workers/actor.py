@@ -85,7 +85,7 @@ class Worker:
         key = (path, weight_dtype, stat.st_size, stat.st_mtime_ns, json.dumps(unet_config, sort_keys=True), fanout)
         if key not in self.models:
             try:
-                share = self._fanout(fanout)
+                share = None if gguf.is_gguf(path) else self._fanout(fanout)   # GGUF: every rank dequantizes
                 patcher, shard, sd = self._load(path, model_options(weight_dtype), unet_config, share)
                 self.read_bytes[key] = share.read_bytes[share.me] if share else None
             except torch.OutOfMemoryError:
@@ -114,9 +114,9 @@ class Worker:
 
     def _load(self, path: str, options: dict, unet_config: dict | None, fanout: weights.Fanout | None
               ) -> tuple[comfy.model_patcher.ModelPatcher, SequenceShard | None, dict | None]:
-        if path.lower().endswith(".gguf"):
+        if gguf.is_gguf(path):
             model, sd = self._open_gguf(path, options, unet_config)
-            ranges, fanout = None, None        # every rank dequantizes what it loads
+            ranges = None
         else:
             sd, metadata = weights.open_checkpoint(path)
             ranges = FileRanges(path, sd) if path.lower().endswith((".safetensors", ".sft")) else None
