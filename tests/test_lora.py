@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from tandem.parallel.degrees import GroupConfig, TandemConfigError
 from tandem.tests.checkpoints import build_model, load_checkpoint
-from tandem.tests.test_wan_usp import request
+from tandem.tests.test_wan_usp import relative, request
 from tandem.workers import group as groups
 
 SHAPE = (3, 6, 10)
@@ -51,10 +51,6 @@ def comfyui_sample(model_path: str, family: str, loras: tuple, req) -> torch.Ten
         return nodes.KSamplerAdvanced().sample(
             model, "enable", req.noise_seed, req.steps, req.cfg, req.sampler_name, req.scheduler, req.positive,
             req.negative, req.latent, req.start_at_step, req.end_at_step, "disable")[0]["samples"]
-
-
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ import pytest
 
 from tandem.parallel.degrees import GroupConfig
 from tandem.tests.checkpoints import build_model
-from tandem.tests.test_wan_usp import request, single_process
-from tandem.workers import group as groups
+from tandem.tests.test_wan_usp import relative, request, single_process, start_load_sample
 
 SHAPE = (3, 6, 10)           # 45 tokens: padded to 48 for 4 or 8 ranks
 FAMILY = {4: "wan21_t2v_4heads", 8: "wan21_t2v_8heads"}
@@ -38,11 +37,8 @@ def test_workers_equal_single_process(_tandem_session, checkpoint, layout):
     req = request("wan21_t2v", SHAPE, "euler")
     expected = single_process(path, family, req)
 
-    group = groups.start(config)
-    infos = group.call("load", path, "default")
-    results = group.call("sample", infos[0]["key"], req)
-    latent = results[0][0]
-    error = ((latent - expected).norm() / expected.norm()).item()
+    results, infos = start_load_sample(config, path, req)
+    error = relative(results[0][0], expected)
     print(f"{layout}: relative error {error:.2e}, block tokens {[r[1].get('block_tokens') for r in results]}, "
           f"local parameters {[i['local_params'] for i in infos]}")
     assert all(r[0] is None for r in results[1:]) and error < 1e-4

@@ -54,6 +54,19 @@ def single_process(path, family, req: SampleRequest) -> torch.Tensor:
         req.negative, req.latent, req.start_at_step, req.end_at_step, "disable")[0]["samples"]
 
 
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def start_load_sample(config, path: str, req: SampleRequest) -> tuple[list, list]:
+    """Start (or reuse) ``config``'s group, load ``path`` in it and sample ``req``: (sample results, load infos)."""
+    from tandem.workers import group as groups
+
+    group = groups.start(config)
+    infos = group.call("load", path, "default")
+    return group.call("sample", infos[0]["key"], req), infos
+
+
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
 @pytest.mark.parametrize("shape", [(3, 8, 8), (3, 6, 10)], ids=["48-tokens", "45-tokens"])
 @pytest.mark.parametrize("family", ["wan21_t2v", "wan21_i2v", "wan22_ti2v", "wan21_vace"])
@@ -109,15 +122,13 @@ def test_wan22_two_model_chain_equals_single_process(tandem_group, checkpoint, t
 def test_cfg_parallel_equals_single_process(_tandem_session, checkpoint):
     """CFG degree 2: positive on one worker, negative on the other, predictions swapped every step."""
     from tandem.parallel.degrees import GroupConfig
-    from tandem.workers import group as groups
 
     path = str(checkpoint("wan21_i2v"))
     req = request("wan21_i2v", (3, 6, 10), "dpmpp_2m")
     expected = single_process(path, "wan21_i2v", req)
-    group = groups.start(GroupConfig(gpu_count=2, ulysses_degree=1, cfg_degree=2, timeout_s=60))
-    key = group.call("load", path, "default")[0]["key"]
-    (latent, stats0), (none, stats1) = group.call("sample", key, req)
-    error = ((latent - expected).norm() / expected.norm()).item()
+    ((latent, stats0), (none, stats1)), _ = start_load_sample(
+        GroupConfig(gpu_count=2, ulysses_degree=1, cfg_degree=2, timeout_s=60), path, req)
+    error = relative(latent, expected)
     print(f"CFG-parallel 2: relative error {error:.2e}, rows per worker {stats0['rows']}, {stats1['rows']}")
     assert none is None and error < 1e-4
     assert stats0["rows"] == stats1["rows"] == req.steps      # each worker ran one branch: one row per step
@@ -127,15 +138,13 @@ def test_ring2_equals_single_process(_tandem_session, checkpoint):
     """Ring 2 alone on a 3-head Wan, which no Ulysses degree above 1 but 3 can split: 45 tokens, the second rank's
     chunk ends in padding that must never act as a key."""
     from tandem.parallel.degrees import GroupConfig
-    from tandem.workers import group as groups
 
     path = str(checkpoint("wan21_t2v_3heads"))
     req = request("wan21_t2v", (3, 6, 10), "dpmpp_2m")
     expected = single_process(path, "wan21_t2v_3heads", req)
-    group = groups.start(GroupConfig(gpu_count=2, ulysses_degree=1, ring_degree=2, timeout_s=60))
-    key = group.call("load", path, "default")[0]["key"]
-    (latent, stats0), (none, stats1) = group.call("sample", key, req)
-    error = ((latent - expected).norm() / expected.norm()).item()
+    ((latent, stats0), (none, stats1)), _ = start_load_sample(
+        GroupConfig(gpu_count=2, ulysses_degree=1, ring_degree=2, timeout_s=60), path, req)
+    error = relative(latent, expected)
     print(f"Ring 2: relative error {error:.2e}")
     assert none is None and error < 1e-4
     for stats in (stats0, stats1):
