@@ -1,23 +1,12 @@
-"""Tandem Model Loader: every worker loads the same diffusion model with ComfyUI's own loader."""
-from dataclasses import dataclass
-
+"""Tandem Model Loader: every worker loads the diffusion model; ComfyUI's graph gets an ordinary MODEL for it."""
 import folder_paths
 import safetensors
 
 from ..parallel import gguf
 from ..parallel.degrees import TandemConfigError
-from ..workers.actor import WEIGHT_DTYPES
+from ..parallel.weights import WEIGHT_DTYPES
+from ..workers import standin
 from ..workers.group import Group, TandemError
-
-
-@dataclass(frozen=True)
-class TandemModel:
-    """A handle to a model that lives in the workers; the weights never travel through the graph."""
-
-    group: Group
-    key: tuple
-    model_type: str
-    loras: tuple[tuple[str, float], ...] = ()      # (file, strength), applied by the workers when sampling
 
 
 def check_readable(path: str, name: str, kind: str = "model file") -> None:
@@ -43,6 +32,14 @@ def model_files() -> list[str]:
     return folder_paths.get_filename_list("diffusion_models") + sorted(ggufs)
 
 
+def load(group: Group, path: str, weight_dtype: str = "default", unet_config: dict | None = None,
+         fanout: str | None = None) -> standin.StandInPatcher:
+    """Load ``path`` in every worker and return the host's MODEL for it. ``unet_config`` and ``fanout`` are the
+    workers' ``load`` options (tests and benchmarks)."""
+    info = group.call("load", path, weight_dtype, unet_config, fanout)[0]
+    return standin.build(group, path, info["key"], weight_dtype, unet_config)
+
+
 class TandemModelLoader:
     @classmethod
     def INPUT_TYPES(cls):
@@ -53,11 +50,12 @@ class TandemModelLoader:
             "weight_dtype": (list(WEIGHT_DTYPES), {"tooltip": "Weight dtype in GPU memory; default keeps the file's."}),
         }}
 
-    RETURN_TYPES = ("TANDEM_MODEL",)
+    RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
     FUNCTION = "load"
     CATEGORY = "Tandem"
-    DESCRIPTION = "Loads a diffusion model into every Tandem worker and prepares it for sequence parallelism."
+    DESCRIPTION = ("Loads a diffusion model into every Tandem worker. Its MODEL goes wherever Load Diffusion Model's "
+                   "goes (model-patch nodes, LoRA, any sampler); sampling then runs on all the workers.")
 
     def load(self, group: Group, unet_name: str, weight_dtype: str):
         path = folder_paths.get_full_path("diffusion_models", unet_name)
@@ -65,5 +63,4 @@ class TandemModelLoader:
             raise TandemError(f"model file {unet_name!r} is not in ComfyUI's diffusion_models folders: "
                               "put it there or pick another file")
         check_readable(path, unet_name)
-        info = group.call("load", path, weight_dtype)[0]
-        return (TandemModel(group, info["key"], info["model"]),)
+        return (load(group, path, weight_dtype),)

@@ -1,35 +1,20 @@
-"""Tandem LoRA Loader: LoraLoaderModelOnly for a model that lives in the workers."""
-from dataclasses import replace
-
-import folder_paths
+"""Tandem LoRA Loader: ComfyUI's LoraLoaderModelOnly, kept for workflows that use it, refusing a LoRA that matches
+nothing (ComfyUI only logs that) so a LoRA for another model fails in one line."""
+import nodes
 
 from ..workers.group import TandemError
-from .loader import TandemModel, check_readable
 
 
-class TandemLoraLoader:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": ("TANDEM_MODEL",),
-            "lora_name": (folder_paths.get_filename_list("loras"), {"tooltip": "A LoRA from ComfyUI's loras folder."}),
-            "strength_model": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01, "tooltip":
-                "How strongly to modify the diffusion model (0 leaves it unchanged; negative inverts the LoRA)."}),
-        }}
-
-    RETURN_TYPES = ("TANDEM_MODEL",)
-    RETURN_NAMES = ("model",)
-    FUNCTION = "load_lora"
+class TandemLoraLoader(nodes.LoraLoaderModelOnly):
     CATEGORY = "Tandem"
-    DESCRIPTION = ("Applies a LoRA to a Tandem model, as LoraLoaderModelOnly does on one GPU; chain several. Every "
-                   "worker patches its own weights (or FSDP shards) when sampling, with no copy of the model.")
+    DESCRIPTION = ("LoraLoaderModelOnly for any MODEL, Tandem's included (ComfyUI's own LoRA nodes work on Tandem "
+                   "models too); a LoRA that matches none of the model's weights is an error here.")
 
-    def load_lora(self, model: TandemModel, lora_name: str, strength_model: float):
-        if strength_model == 0:
-            return (model,)
-        path = folder_paths.get_full_path("loras", lora_name)
-        if path is None:
-            raise TandemError(f"LoRA file {lora_name!r} is not in ComfyUI's loras folders: put it there or pick "
-                              "another file")
-        check_readable(path, lora_name, "LoRA file")
-        return (replace(model, loras=model.loras + ((path, strength_model),)),)
+    def load_lora_model_only(self, model, lora_name, strength_model):
+        (patched,) = super().load_lora_model_only(model, lora_name, strength_model)
+        count = lambda m: sum(len(patches) for patches in m.patches.values())   # noqa: E731
+        if strength_model != 0 and count(patched) == count(model):
+            name = type(model.model.model_config).__name__
+            raise TandemError(f"LoRA {lora_name!r} matches none of this {name} model's weights: it was trained for "
+                              "another model; pick a LoRA made for this one")
+        return (patched,)

@@ -1,12 +1,12 @@
 """CFG-parallel: the positive and the negative prompt run on different GPUs, then swap their predictions.
 
 Ranks are laid out [dp][cfg][sequence]: branch b of a job is the b-th block of ``sequence_degree`` consecutive
-ranks, and rank r's partner in the other branch is r ± sequence_degree. The split goes through ComfyUI's
-``sampler_calc_cond_batch_function`` hook, so samplers, CFG math and post-CFG patches stay ComfyUI's.
+ranks, and rank r's partner in the other branch is r ± sequence_degree. The split is a ``WrappersMP.CALC_COND_BATCH`` wrapper,
+the innermost one, so samplers, CFG math, post-CFG patches and other wrappers (caches) stay ComfyUI's and see both
+predictions as on one GPU.
 """
 from typing import Callable
 
-import comfy.samplers
 import torch
 import torch.distributed as dist
 
@@ -32,14 +32,14 @@ def cfg_group(config: GroupConfig, rank: int) -> dist.ProcessGroup | None:
     return mine
 
 
-def split_branches(group: dist.ProcessGroup, branch: int) -> Callable[[dict], list[torch.Tensor]]:
-    """A ``sampler_calc_cond_batch_function``: compute my branch's prediction, all-gather both."""
-    def calc_cond_batch(args: dict) -> list[torch.Tensor]:
-        conds, model, x, sigma, options = args["conds"], args["model"], args["input"], args["sigma"], \
-            args["model_options"]
-        if conds[1] is None:               # CFG 1: ComfyUI skips the negative; every rank runs the positive
-            return comfy.samplers.calc_cond_batch(model, conds, x, sigma, options)
-        mine = comfy.samplers.calc_cond_batch(model, [conds[branch]], x, sigma, options)[0].contiguous()
+def split_branches(group: dist.ProcessGroup, branch: int) -> Callable[..., list[torch.Tensor]]:
+    """A CALC_COND_BATCH wrapper: for a [positive, negative] pair, compute my branch's prediction, all-gather both.
+    Any other call (CFG 1, where ComfyUI skips the negative; three conds, as PerpNeg and DualCFG guiders pass; one
+    cond, as post-CFG patches pass) runs whole on every rank."""
+    def calc_cond_batch(executor, model, conds, x, timestep, model_options) -> list[torch.Tensor]:
+        if len(conds) != 2 or conds[1] is None:
+            return executor(model, conds, x, timestep, model_options)
+        mine = executor(model, [conds[branch]], x, timestep, model_options)[0].contiguous()
         both = [torch.empty_like(mine) for _ in range(2)]
         dist.all_gather(both, mine, group=group)
         return both

@@ -8,6 +8,10 @@ class TandemConfigError(ValueError):
     """A setting the user must change; the message names the fix."""
 
 
+class TandemError(RuntimeError):
+    """One line for the ComfyUI node: what failed where, and what to do."""
+
+
 @dataclass(frozen=True)
 class GroupConfig:
     """Everything the Tandem Init node decides. world = dp × cfg × ulysses × ring."""

@@ -5,35 +5,20 @@ one over it. Tandem's weights are the file's page cache (CPU workers), GPU tenso
 so it keeps no backup: a patched weight is computed from the file's tensor with ComfyUI's own key mapping,
 ``calculate_weight`` and rounding (so it equals ComfyUI's), and a weight that the next prompt no longer patches is
 read from the file again. With FSDP every rank computes the whole patched tensor and keeps its dim-0 chunk.
+
+The patch lists are ComfyUI's, made on the host by its own LoRA nodes (LoraLoaderModelOnly, LoraLoader's model
+part) on the stand-in model, and reach the workers with the job (their tensors through shared files, once per host).
 """
 import comfy.float
 import comfy.lora
 import comfy.model_patcher
-import comfy.sd
 import comfy.utils
 import torch
 from torch.distributed.tensor import DTensor
 
-from .degrees import TandemConfigError
 from .weights import assign
 
 PREFIX = "diffusion_model."
-
-
-def patched_clone(patcher: comfy.model_patcher.ModelPatcher, loras: tuple[tuple[str, float], ...]
-                  ) -> comfy.model_patcher.ModelPatcher:
-    """A clone carrying ComfyUI's patch lists for ``loras`` ((path, strength), ... in order), built as
-    LoraLoaderModelOnly builds them; its weights are untouched until ComfyUI (or ``set_weights``) applies them."""
-    patched = patcher
-    for path, strength in loras:
-        before = {k: len(v) for k, v in patched.patches.items()}
-        patched = comfy.sd.load_lora_for_models(patched, None, comfy.utils.load_torch_file(path, safe_load=True),
-                                                strength, 0)[0]
-        if all(len(v) == before.get(k, 0) for k, v in patched.patches.items()):
-            name = type(patcher.model.model_config).__name__
-            raise TandemConfigError(f"LoRA {path.rsplit('/', 1)[-1]!r} matches none of this {name} model's weights: "
-                                    "it was trained for another model; pick a LoRA made for this one")
-    return patched
 
 
 @torch.no_grad()

@@ -15,16 +15,53 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.patcher_extension
 import comfy.utils
+import safetensors
 import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
+from . import gguf
 from .staging import FileRanges, Stager
 
 
 def open_checkpoint(path: str) -> tuple[dict, dict | None]:
     """The file's tensors as views of its mmap (no private copy), and its metadata."""
     return comfy.utils.load_torch_file(path, return_metadata=True)
+
+
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64,
+                      "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def header_state_dict(path: str) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """The file's tensors as ``meta`` stand-ins of the right shape and dtype, and its metadata, read from its header
+    alone: enough for ComfyUI's detection, which looks at names, shapes and dtypes (ComfyUI's host builds its
+    stand-in model from this)."""
+    if gguf.is_gguf(path):
+        return gguf.meta_state_dict(gguf.read(path)), None
+    if not path.lower().endswith((".safetensors", ".sft")):
+        sd, metadata = open_checkpoint(path)
+        return {k: torch.empty_like(v, device="meta") for k, v in sd.items()}, metadata
+    with safetensors.safe_open(path, framework="pt") as f:
+        sd = {}
+        for name in f.keys():
+            tensor = f.get_slice(name)
+            sd[name] = torch.empty(tensor.get_shape(), dtype=SAFETENSORS_DTYPES[tensor.get_dtype()], device="meta")
+        return sd, f.metadata()
+
+
+def model_options(weight_dtype: str) -> dict:
+    """ComfyUI's load_diffusion_model options for the Loader's weight dtype (as ComfyUI's UNETLoader does)."""
+    dtypes = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e4m3fn_fast": torch.float8_e4m3fn,
+              "fp8_e5m2": torch.float8_e5m2, "bf16": torch.bfloat16, "fp16": torch.float16}
+    options = {"dtype": dtypes[weight_dtype]} if weight_dtype in dtypes else {}
+    if weight_dtype == "fp8_e4m3fn_fast":
+        options["fp8_optimizations"] = True
+    return options
+
+
+WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2", "bf16", "fp16")
 
 
 def build_on_meta(sd: dict, metadata: dict | None, model_options: dict, unet_config: dict | None = None
@@ -176,12 +213,12 @@ class ResidentModelPatcher(comfy.model_patcher.ModelPatcher):
     """A ModelPatcher whose weights Tandem placed (on the GPU, as FSDP shards, or as mmap views): ComfyUI's memory
     manager keeps its bookkeeping but never moves or offloads them, which would make private host copies or break
     the FSDP shards. Its own weight patching (backups, then patches written over the weights) is refused: LoRAs
-    reach these weights through ``parallel/lora``, which keeps no backup."""
+    reach these weights through ``parallel/lora``, which keeps no backup, before ComfyUI loads the job's clone."""
 
     def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
         if self.patches:
-            raise NotImplementedError("Tandem models take LoRAs through the Tandem LoRA Loader node, not through "
-                                      "ComfyUI's weight patches")
+            raise NotImplementedError("Tandem writes weight patches into its resident weights itself (parallel/lora); "
+                                      "ComfyUI's own patching would keep a backup copy of every patched weight")
         self.model.model_lowvram = False
         self.model.device = self.load_device
         self.model.model_loaded_weight_memory = self.model_size()

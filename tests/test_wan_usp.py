@@ -1,13 +1,43 @@
 """Wan under Ulysses 2 (or Ring 2) on two gloo workers equals ComfyUI's KSamplerAdvanced in one process (fp32)."""
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
 
 from tandem.tests.checkpoints import load_checkpoint
-from tandem.workers.sampling import SampleRequest
 
 STEPS = 4
+
+
+@dataclass
+class SampleRequest:
+    """KSamplerAdvanced's inputs, minus the model."""
+
+    add_noise: bool
+    noise_seed: int
+    steps: int
+    cfg: float
+    sampler_name: str
+    scheduler: str
+    positive: list
+    negative: list
+    latent: dict
+    start_at_step: int
+    end_at_step: int
+    return_with_leftover_noise: bool
+
+
+def ksampler(model, req: SampleRequest) -> torch.Tensor:
+    """ComfyUI's KSamplerAdvanced node on ``model`` (under inference mode, as ComfyUI's executor runs nodes): a
+    Tandem MODEL samples on its workers, any other in this process."""
+    import nodes
+
+    with torch.inference_mode():
+        return nodes.KSamplerAdvanced().sample(
+            model, "enable" if req.add_noise else "disable", req.noise_seed, req.steps, req.cfg, req.sampler_name,
+            req.scheduler, req.positive, req.negative, req.latent, req.start_at_step, req.end_at_step,
+            "enable" if req.return_with_leftover_noise else "disable")[0]["samples"]
 
 
 def conditioning(family: str, frames: int, height: int, width: int) -> tuple[list, list]:
@@ -46,25 +76,30 @@ def request(family, shape, sampler):
 
 
 def single_process(path, family, req: SampleRequest) -> torch.Tensor:
-    import nodes
-
-    model = load_checkpoint(path, family)
-    return nodes.KSamplerAdvanced().sample(
-        model, "enable", req.noise_seed, req.steps, req.cfg, req.sampler_name, req.scheduler, req.positive,
-        req.negative, req.latent, req.start_at_step, req.end_at_step, "disable")[0]["samples"]
+    return ksampler(load_checkpoint(path, family), req)
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-def start_load_sample(config, path: str, req: SampleRequest) -> tuple[list, list]:
-    """Start (or reuse) ``config``'s group, load ``path`` in it and sample ``req``: (sample results, load infos)."""
+def tandem_sample(group, path: str, req: SampleRequest, **load) -> tuple[torch.Tensor, list[dict]]:
+    """Load ``path`` in ``group`` through Tandem Model Loader's path (``load``: its ``unet_config``/``fanout``
+    options) and sample ``req`` with KSamplerAdvanced on the Tandem MODEL: (latent, every rank's statistics)."""
+    from tandem.nodes.loader import load as load_model
+
+    latent = ksampler(load_model(group, path, **load), req)
+    return latent, group.last_stats
+
+
+def start_load_sample(config, path: str, req: SampleRequest) -> tuple[torch.Tensor, list[dict], list[dict]]:
+    """Start (or reuse) ``config``'s group, load ``path`` in it and sample ``req``: (latent, statistics, load
+    infos)."""
     from tandem.workers import group as groups
 
     group = groups.start(config)
     infos = group.call("load", path, "default")
-    return group.call("sample", infos[0]["key"], req), infos
+    return (*tandem_sample(group, path, req), infos)
 
 
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
@@ -75,10 +110,9 @@ def test_ulysses2_equals_single_process(tandem_group, checkpoint, family, shape,
     req = request(family, shape, sampler)
     expected = single_process(path, family, req)
 
-    key = tandem_group.call("load", path, "default")[0]["key"]
-    (latent, stats0), (none, stats1) = tandem_group.call("sample", key, req)
+    latent, (stats0, stats1) = tandem_sample(tandem_group, path, req)
 
-    assert none is None and latent.shape == expected.shape
+    assert latent.shape == expected.shape
     error = ((latent - expected).norm() / expected.norm()).item()
     print(f"{family} {shape} {sampler}: relative error {error:.2e}")
     assert error < 1e-4
@@ -92,9 +126,7 @@ def test_ulysses2_equals_single_process(tandem_group, checkpoint, family, shape,
 
 def test_wan22_two_model_chain_equals_single_process(tandem_group, checkpoint, tmp_path):
     """Wan 2.2 A14B style: a high-noise model takes steps 0–2 and hands its noisy latent to a low-noise model for
-    the rest, as two XFuser KSamplers chained by start/end step; equals the same chain of KSamplerAdvanced."""
-    import nodes
-
+    the rest, as two KSamplerAdvanced chained by start/end step on Tandem models; equals the same chain on ComfyUI's."""
     from tandem.tests.checkpoints import make_checkpoint
 
     high, low = str(checkpoint("wan21_t2v")), str(make_checkpoint("wan21_t2v", tmp_path, seed=1))
@@ -105,15 +137,11 @@ def test_wan22_two_model_chain_equals_single_process(tandem_group, checkpoint, t
         return SampleRequest(**{**vars(first), "add_noise": False, "latent": latent, "start_at_step": 2,
                                 "end_at_step": 10000, "return_with_leftover_noise": False})
 
-    sampler = nodes.KSamplerAdvanced()
-    args = lambda r: (r.noise_seed, r.steps, r.cfg, r.sampler_name, r.scheduler, r.positive, r.negative)
-    mid = sampler.sample(load_checkpoint(high, "wan21_t2v"), "enable", *args(first), first.latent, 0, 2, "enable")[0]
-    expected = sampler.sample(load_checkpoint(low, "wan21_t2v"), "disable", *args(first), mid, 2, 10000,
-                              "disable")[0]["samples"]
+    mid = ksampler(load_checkpoint(high, "wan21_t2v"), first)
+    expected = ksampler(load_checkpoint(low, "wan21_t2v"), second({"samples": mid}))
 
-    keys = [tandem_group.call("load", path, "default")[0]["key"] for path in (high, low)]
-    (noisy, _), _ = tandem_group.call("sample", keys[0], first)
-    (latent, _), _ = tandem_group.call("sample", keys[1], second({"samples": noisy}))
+    noisy, _ = tandem_sample(tandem_group, high, first)
+    latent, _ = tandem_sample(tandem_group, low, second({"samples": noisy}))
     error = ((latent - expected).norm() / expected.norm()).item()
     print(f"Wan 2.2 two-model chain: relative error {error:.2e}")
     assert error < 1e-4
@@ -126,11 +154,11 @@ def test_cfg_parallel_equals_single_process(_tandem_session, checkpoint):
     path = str(checkpoint("wan21_i2v"))
     req = request("wan21_i2v", (3, 6, 10), "dpmpp_2m")
     expected = single_process(path, "wan21_i2v", req)
-    ((latent, stats0), (none, stats1)), _ = start_load_sample(
+    latent, (stats0, stats1), _ = start_load_sample(
         GroupConfig(gpu_count=2, ulysses_degree=1, cfg_degree=2, timeout_s=60), path, req)
     error = relative(latent, expected)
     print(f"CFG-parallel 2: relative error {error:.2e}, rows per worker {stats0['rows']}, {stats1['rows']}")
-    assert none is None and error < 1e-4
+    assert error < 1e-4
     assert stats0["rows"] == stats1["rows"] == req.steps      # each worker ran one branch: one row per step
 
 
@@ -142,11 +170,11 @@ def test_ring2_equals_single_process(_tandem_session, checkpoint):
     path = str(checkpoint("wan21_t2v_3heads"))
     req = request("wan21_t2v", (3, 6, 10), "dpmpp_2m")
     expected = single_process(path, "wan21_t2v_3heads", req)
-    ((latent, stats0), (none, stats1)), _ = start_load_sample(
+    latent, (stats0, stats1), _ = start_load_sample(
         GroupConfig(gpu_count=2, ulysses_degree=1, ring_degree=2, timeout_s=60), path, req)
     error = relative(latent, expected)
     print(f"Ring 2: relative error {error:.2e}")
-    assert none is None and error < 1e-4
+    assert error < 1e-4
     for stats in (stats0, stats1):
         assert stats["block_tokens"] == [23]
         assert stats["attention_calls"] >= STEPS * 2

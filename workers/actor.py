@@ -3,10 +3,11 @@ import json
 import os
 import threading
 import time
+from functools import partial
 
 import comfy.model_management
 import comfy.model_patcher
-import comfy.sd
+import comfy.patcher_extension
 import ray
 import torch
 import torch.distributed as dist
@@ -19,20 +20,7 @@ from ..parallel.degrees import GroupConfig, TandemConfigError, validate_heads
 from ..parallel.sequence import SequenceShard
 from ..parallel.staging import FileRanges, reader_threads
 from . import controlnet, transport
-from .sampling import SampleRequest, run_ksampler
-
-
-WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2", "bf16", "fp16")
-
-
-def model_options(weight_dtype: str) -> dict:
-    """ComfyUI's load_diffusion_model options for the Loader's weight dtype (as ComfyUI's UNETLoader does)."""
-    dtypes = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e4m3fn_fast": torch.float8_e4m3fn,
-              "fp8_e5m2": torch.float8_e5m2, "bf16": torch.bfloat16, "fp16": torch.float16}
-    options = {"dtype": dtypes[weight_dtype]} if weight_dtype in dtypes else {}
-    if weight_dtype == "fp8_e4m3fn_fast":
-        options["fp8_optimizations"] = True
-    return options
+from .job import Job
 
 
 class Worker:
@@ -44,14 +32,16 @@ class Worker:
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         self.models: dict[tuple, object] = {}
         self.shards: dict[tuple, object] = {}
-        self.sources: dict[tuple, dict | None] = {}    # the file's state dict (mmap views): originals for LoRA
-        self.loras: dict[tuple, tuple | None] = {}     # the LoRA files each model's weights carry now, and their keys
+        self.sources: dict[tuple, dict] = {}           # the file's state dict (mmap views): originals for LoRA
+        self.loras: dict[tuple, object] = {}           # the patches_uuid each model's weights carry now, and its keys
         self.lora_keys: dict[tuple, set[str]] = {}
         self.read_bytes: dict[tuple, int | None] = {}   # full-tensor bytes this rank read for the host (fan-out)
         self.sequence_groups = (None, None, None)   # sequence, Ulysses, Ring
         self.cfg_group = None
         self.warnings: list[str] = []
         self._progress = (0, 0)
+        self._steps: list[tuple] = []  # (step, x0, x, total) not yet fetched by the host (rank 0, with previews)
+        self._steps_lock = threading.Lock()
         self._rows = 0                 # latent rows the DiT ran this job: CFG-parallel halves them
         self._interrupt = threading.Event()
 
@@ -86,14 +76,14 @@ class Worker:
         if key not in self.models:
             try:
                 share = None if gguf.is_gguf(path) else self._fanout(fanout)   # GGUF: every rank dequantizes
-                patcher, shard, sd = self._load(path, model_options(weight_dtype), unet_config, share)
+                patcher, shard, sd = self._load(path, weights.model_options(weight_dtype), unet_config, share)
                 self.read_bytes[key] = share.read_bytes[share.me] if share else None
             except torch.OutOfMemoryError:
                 raise TandemConfigError(
                     f"{os.path.basename(path)} does not fit in this GPU's memory: turn FSDP on in Tandem Init "
                     "(and CPU offload if that is not enough), or pick an fp8 weight dtype") from None
             self.models[key], self.shards[key], self.sources[key] = patcher, shard, sd
-            self.loras[key], self.lora_keys[key] = (), set()
+            self.loras[key], self.lora_keys[key] = None, set()
         patcher = self.models[key]
         params = list(patcher.model.diffusion_model.parameters())
         return {"key": key, "model": type(patcher.model.model_config).__name__,
@@ -113,7 +103,7 @@ class Worker:
         return weights.Fanout(self.host_group, striped=choice == "striped")
 
     def _load(self, path: str, options: dict, unet_config: dict | None, fanout: weights.Fanout | None
-              ) -> tuple[comfy.model_patcher.ModelPatcher, SequenceShard | None, dict | None]:
+              ) -> tuple[comfy.model_patcher.ModelPatcher, SequenceShard | None, dict]:
         if gguf.is_gguf(path):
             model, sd = self._open_gguf(path, options, unet_config)
             ranges = None
@@ -122,13 +112,9 @@ class Worker:
             ranges = FileRanges(path, sd) if path.lower().endswith((".safetensors", ".sft")) else None
             model, sd = weights.build_on_meta(sd, metadata, options, unet_config)
         if model is None:
-            if self.config.fsdp:
-                raise TandemConfigError(f"{os.path.basename(path)} is not in a layout ComfyUI detects from its keys, "
-                                        "which FSDP needs: turn FSDP off for this model")
-            patcher = comfy.sd.load_diffusion_model(path, model_options=options)   # ComfyUI's own (diffusers) path
-            diffusion_model = patcher.model.diffusion_model
-        else:
-            patcher, diffusion_model = None, model.diffusion_model
+            raise TandemConfigError(f"{os.path.basename(path)} is not in a layout ComfyUI detects from its weights' "
+                                    "names (a diffusers-format file?): convert it to ComfyUI's single-file format")
+        diffusion_model = model.diffusion_model
         shard = None
         sequence, ulysses, ring = self.sequence_groups
         if sequence is not None:
@@ -136,24 +122,18 @@ class Worker:
             validate_heads(self.config.ulysses_degree, adapter.num_heads(diffusion_model))
             shard = SequenceShard(sequence, ulysses_group=ulysses, ring_group=ring)
             adapter.install_sequence_parallel(diffusion_model, shard, self.attend)
-        if patcher is None:
-            if self.config.fsdp:
-                fsdp.shard(diffusion_model, fsdp_blocks(diffusion_model), self.mesh,
-                           self.config.fsdp_cpu_offload)
-                diffusion_model.to_empty(device="cpu" if self.config.fsdp_cpu_offload else self.device)
-            local_ranks = dist.get_world_size(self.host_group)
-            missing = weights.materialize(diffusion_model, sd, self.device, ranges, fanout,
-                                          reader_threads(local_ranks))
-            if missing:
-                raise TandemConfigError(f"{os.path.basename(path)} lacks {len(missing)} weights that ComfyUI's "
-                                        f"{type(model.model_config).__name__} needs (e.g. {missing[0]}): "
-                                        "it is incomplete or not this kind of model")
-            model.device = self.device
-            patcher = weights.ResidentModelPatcher(model, load_device=self.device, offload_device=self.device)
+        if self.config.fsdp:
+            fsdp.shard(diffusion_model, fsdp_blocks(diffusion_model), self.mesh, self.config.fsdp_cpu_offload)
+            diffusion_model.to_empty(device="cpu" if self.config.fsdp_cpu_offload else self.device)
+        local_ranks = dist.get_world_size(self.host_group)
+        missing = weights.materialize(diffusion_model, sd, self.device, ranges, fanout, reader_threads(local_ranks))
+        if missing:
+            raise TandemConfigError(f"{os.path.basename(path)} lacks {len(missing)} weights that ComfyUI's "
+                                    f"{type(model.model_config).__name__} needs (e.g. {missing[0]}): "
+                                    "it is incomplete or not this kind of model")
+        model.device = self.device
+        patcher = weights.ResidentModelPatcher(model, load_device=self.device, offload_device=self.device)
         diffusion_model.register_forward_pre_hook(self._count_rows)
-        if self.cfg_group is not None:
-            patcher.model_options["sampler_calc_cond_batch_function"] = cfg.split_branches(
-                self.cfg_group, cfg.branch_of(self.config, self.rank))
         return patcher, shard, sd
 
     @staticmethod
@@ -170,34 +150,44 @@ class Worker:
     def _count_rows(self, module, args) -> None:
         self._rows += args[0].shape[0] if args else 0
 
-    def sample(self, key: tuple, request: SampleRequest | bytes) -> tuple[torch.Tensor | None, dict]:
-        """Run ComfyUI's sampler on this replica's rows of the batch; each replica's first rank returns its rows of
-        the latent (``gather_latent`` joins them), every rank returns what it computed on. The request arrives packed
-        (bytes) when the group runs on ComfyUI's host (see ``transport``)."""
-        if isinstance(request, bytes):
-            request = transport.unpack(request)
-        patcher = self._with_loras(key, request.loras)
+    def sample(self, key: tuple, packed: bytes) -> tuple[torch.Tensor | None, dict]:
+        """Run one job (``workers.job``) on a clone of the resident model, on this replica's rows of the batch; each
+        replica's first rank returns its rows of the latent (``gather_latent`` joins them), every rank returns what
+        it computed on. Rank 0 keeps each step's x0 and x for the host's callback (``steps``)."""
+        patcher = self.models[key].clone()
+        job: Job = transport.unpack(packed, partial(self._resolve, patcher))
+        job.apply(patcher)
+        self._patch_weights(key, patcher)
+        if self.cfg_group is not None:
+            patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, "tandem_cfg",
+                                         cfg.split_branches(self.cfg_group, cfg.branch_of(self.config, self.rank)))
         shard = self.shards.get(key)
         if shard is not None:
             shard.reset_stats()
         self._interrupt.clear()
-        self._rows = 0
+        self._rows, self._progress = 0, (0, 0)
+        self.steps()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         step_ends = [time.perf_counter()]
+        report = job.previews and self.rank == 0
 
         def on_step(step, x0, x, total_steps):
+            if report:
+                with self._steps_lock:
+                    self._steps.append((step, x0.cpu(), x.cpu(), total_steps))
             self._progress = (step + 1, total_steps)
             step_ends.append(time.perf_counter())
             if self._stop_requested():
                 raise comfy.model_management.InterruptProcessingException()
 
-        controlnet.place([request.positive, request.negative], self.device)
-        rows, own = None, None
+        controlnet.place(job.guider.original_conds.values(), self.device)
+        own = None
         if self.config.dp_degree > 1:
-            batch = request.latent["samples"].shape[0]
-            rows, own = data.batch_rows(batch, self.config.dp_degree, data.replica_of(self.config, self.rank))
-        samples = run_ksampler(patcher, request, on_step, rows)[:own]
+            rows, own = data.batch_rows(job.latent_image.shape[0], self.config.dp_degree,
+                                        data.replica_of(self.config, self.rank))
+            job.take_rows(rows)
+        samples = job.run(on_step)[:own]
         stats = {"rank": self.rank, "rows": self._rows, **(shard.stats() if shard else {}),
                  "step_s": [b - a for a, b in zip(step_ends, step_ends[1:])]}
         if self.device.type == "cuda":
@@ -205,21 +195,31 @@ class Worker:
         leads = data.leads_replica(self.config, self.rank) and len(samples)
         return (samples.cpu() if leads else None), stats
 
-    def _with_loras(self, key: tuple, loras: tuple[tuple[str, float], ...]) -> comfy.model_patcher.ModelPatcher:
-        """The model with exactly ``loras`` applied. Tandem's resident weights are patched in place from the file
-        (see ``parallel/lora``) only when the set changes (a file rewritten in place counts as a change); a model
-        ComfyUI's loader built gets a clone that ComfyUI patches itself, as it would on one GPU."""
-        patcher = self.models[key]
-        if self.sources[key] is None:
-            return lora.patched_clone(patcher, loras) if loras else patcher
-        identity = tuple((path, strength, os.stat(path).st_size, os.stat(path).st_mtime_ns) for path, strength in loras)
+    def _resolve(self, patcher: comfy.model_patcher.ModelPatcher, name: str):
+        """The worker's object for what the host's job names (see ``workers.standin.RemoteSampling._reference``)."""
+        if name == "patcher":
+            return patcher
+        if name == "outer-sample":
+            return _pass_through
+        return patcher.model.get_submodule(name.removeprefix("module:"))
+
+    def _patch_weights(self, key: tuple, patcher: comfy.model_patcher.ModelPatcher) -> None:
+        """Give the resident weights exactly the job's weight patches (LoRA). They are written in place from the file
+        (see ``parallel/lora``), only when the host's patch set changed (ComfyUI gives every new set a new
+        ``patches_uuid``); the job's clone then carries none, so ComfyUI's loader never patches these weights."""
+        identity = patcher.patches_uuid if patcher.patches else None
         if self.loras[key] != identity:
-            patches = lora.patched_clone(patcher, loras).patches if loras else {}
-            keys = self.lora_keys[key] | set(patches)
-            self.loras[key], self.lora_keys[key] = None, keys     # unknown until every key is written
-            lora.set_weights(patcher.model, self.sources[key], patches, keys, self.device)
-            self.loras[key], self.lora_keys[key] = identity, set(patches)
-        return patcher
+            keys = self.lora_keys[key] | set(patcher.patches)
+            self.loras[key], self.lora_keys[key] = "partly written", keys
+            lora.set_weights(patcher.model, self.sources[key], patcher.patches, keys, self.device)
+            self.loras[key], self.lora_keys[key] = identity, set(patcher.patches)
+        patcher.patches = {}
+
+    def steps(self) -> list[tuple]:
+        """The steps rank 0 finished since the host last asked: (step, x0, x, total) each."""
+        with self._steps_lock:
+            taken, self._steps = self._steps, []
+        return taken
 
     def _stop_requested(self) -> bool:
         """Every rank learns in the same step whether any rank was asked to stop, so none waits alone."""
@@ -232,3 +232,8 @@ class Worker:
 
     def interrupt(self) -> None:
         self._interrupt.set()
+
+
+def _pass_through(executor, *args, **kwargs):
+    """Tandem's host-side OUTER_SAMPLE wrapper, as the workers see it: their guider samples here."""
+    return executor(*args, **kwargs)

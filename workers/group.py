@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import comfy.model_management
 import ray
 import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from ..parallel.degrees import GroupConfig, TandemConfigError, validate, validate_available
+from ..parallel.degrees import GroupConfig, TandemConfigError, TandemError, validate, validate_available
 from . import transport
 from .actor import Worker
 from .comfyui import comfyui_path
@@ -28,10 +29,6 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DIRS = ("nodes", "workers", "parallel", "models")
 FORWARDED_ENV = ("NCCL_", "TORCH_", "PYTORCH_", "CUDA_LAUNCH_BLOCKING", "NVSHMEM_")
 ERROR_GRACE_S = 10.0
-
-
-class TandemError(RuntimeError):
-    """One line for the ComfyUI node: what failed where, and what to do."""
 
 
 _current: "Group | None" = None
@@ -109,6 +106,8 @@ class Group:
 
     def __init__(self, config: GroupConfig):
         self.config = config
+        self.stopped = False
+        self.last_stats: list[dict] = []      # every rank's statistics of the last job (tests, benchmarks)
         self.unit = _connect(config.ray_address, config.gpu_count)
         available = int(ray.cluster_resources().get(self.unit[:-1], 0))
         validate_available(config, available, self.unit)
@@ -194,14 +193,28 @@ class Group:
         refs = [ray.put(a) if not isinstance(a, (int, str, float, bool, tuple)) else a for a in args]
         return self.get([getattr(actor, method).remote(*refs) for actor in self.actors], on_poll=on_poll)
 
-    def sample(self, key: tuple, request, on_poll: Callable[[], None] | None = None) -> list:
-        """Run a ``SampleRequest`` on every actor. When they all run on this host, its large tensors (ControlNet and
-        VAE weights) go by reference through shared-memory files (see ``transport``); else through Ray with the rest."""
-        return self.call("sample", key, transport.pack(request) if self.on_this_host else request, on_poll=on_poll)
+    def sample(self, key: tuple, job: bytes, on_step: Callable | None = None) -> list:
+        """Run a packed job (``workers.job``) on every actor; hand each step rank 0 finished to ``on_step`` (ComfyUI's
+        callback: progress bar and preview), in order and all of them, the last ones after the job ended. Cancel in
+        ComfyUI reaches every worker."""
+        def poll():
+            if comfy.model_management.processing_interrupted():
+                self.interrupt()
+            for step, x0, x, total in self.steps() if on_step else ():
+                on_step(step, x0, x, total)
 
-    def progress(self) -> tuple[int, int]:
-        """(step, total) of the current sampling job, as rank 0 reports it."""
-        return ray.get(self.actors[0].progress.remote(), timeout=10)
+        results = self.call("sample", key, job, on_poll=poll)
+        poll()
+        self.last_stats = [stats for _, stats in results]
+        return results
+
+    def steps(self) -> list[tuple]:
+        """The steps rank 0 finished since the last call: (step, x0, x, total) each. A worker too busy to answer
+        within a second leaves them for the next poll (a hung worker is the job's timeout's to report)."""
+        try:
+            return ray.get(self.actors[0].steps.remote(), timeout=1)
+        except ray.exceptions.GetTimeoutError:
+            return []
 
     def interrupt(self) -> None:
         """Ask every worker to stop; they all stop at the same step (see Worker._stop_requested)."""
@@ -216,6 +229,7 @@ class Group:
             return False
 
     def stop(self) -> None:
+        self.stopped = True
         for actor in self.actors if hasattr(self, "actors") else []:
             ray.kill(actor)
         remove_placement_group(self.pg)

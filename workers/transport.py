@@ -1,4 +1,4 @@
-"""Large tensors of a request reach the workers on ComfyUI's host by reference, through files in shared memory.
+"""Large tensors of a job reach the workers on ComfyUI's host by reference, through files in shared memory.
 
 ``pack`` pickles an object (as Ray would, with cloudpickle) but writes every tensor storage of at least
 ``THRESHOLD`` bytes into a file of its own under ``/dev/shm`` (the temp folder where that is missing or full) and
@@ -11,8 +11,12 @@ A storage's file is written once and reused while that storage lives, so a Contr
 is written once; the file is removed when the storage is freed, on Tandem Shutdown (``clear``) and at exit. The
 cache assumes what ComfyUI does: a live tensor's values do not change in place between prompts.
 
-The files exist only on ComfyUI's host: ``workers.group.Group.sample`` packs only when every worker runs there, and
-otherwise sends the request through Ray whole.
+The files exist only on ComfyUI's host: ``workers.group.Group.sample`` writes them only when every worker runs there,
+and otherwise leaves every tensor in the pickle, which Ray carries whole.
+
+Objects that already exist in every worker (Tandem's stand-in model on ComfyUI's host, and every patcher cloned from
+it) are not pickled at all: ``pack``'s ``reference`` names them, and ``unpack``'s ``resolve`` gives each name the
+worker's own object (its resident model, the job's patcher), so a patch that captured the model stays bound to it.
 """
 import io
 import os
@@ -20,11 +24,12 @@ import pickle
 import tempfile
 import threading
 import weakref
+from collections.abc import Callable
 
 import torch
 from ray import cloudpickle
 
-THRESHOLD = 1 << 20            # storages of at least this many bytes go by reference
+THRESHOLD = 1 << 16            # storages of at least this many bytes go by reference (LoRA factors are ~100 KB)
 DIRECTORIES = [d for d in ("/dev/shm", tempfile.gettempdir()) if os.path.isdir(d)]    # the first with room
 
 _files: dict[int, tuple[str, weakref.finalize]] = {}    # id of a live UntypedStorage -> its file, its finalizer
@@ -67,8 +72,17 @@ def _file_for(storage: torch.UntypedStorage) -> str:
 
 
 class _Pickler(cloudpickle.CloudPickler):
+    def __init__(self, file, reference: Callable[[object], str | None], files: bool):
+        super().__init__(file)
+        self.reference, self.files = reference, files
+
     def persistent_id(self, obj):
         """Tensors pickle their storage typed (most dtypes) or untyped (float8 and newer; it unpickles as bytes)."""
+        name = self.reference(obj)
+        if name is not None:
+            return "tandem-ref", name
+        if not self.files:
+            return None
         typed = isinstance(obj, torch.storage.TypedStorage)
         storage = obj._untyped_storage if typed else obj
         if isinstance(storage, torch.UntypedStorage) and storage.nbytes() >= THRESHOLD:
@@ -77,27 +91,31 @@ class _Pickler(cloudpickle.CloudPickler):
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, file):
+    def __init__(self, file, resolve: Callable[[str], object]):
         super().__init__(file)
+        self.resolve = resolve
         self.storages: dict[str, torch.UntypedStorage] = {}    # tensors that shared a storage share one here
 
     def persistent_load(self, pid):
+        if pid[0] == "tandem-ref":
+            return self.resolve(pid[1])
         _, path, nbytes, dtype = pid
         if path not in self.storages:
             self.storages[path] = torch.UntypedStorage.from_file(path, shared=False, nbytes=nbytes)
         return torch.storage.TypedStorage(wrap_storage=self.storages[path], dtype=dtype, _internal=True)
 
 
-def pack(obj) -> bytes:
-    """``obj`` pickled, its storages of ``THRESHOLD`` bytes or more replaced by references to shared files."""
+def pack(obj, reference: Callable[[object], str | None] = lambda obj: None, files: bool = True) -> bytes:
+    """``obj`` pickled; objects ``reference`` names are left for the worker to resolve, and with ``files`` storages of
+    ``THRESHOLD`` bytes or more are replaced by references to shared files."""
     buffer = io.BytesIO()
-    _Pickler(buffer).dump(obj)
+    _Pickler(buffer, reference, files).dump(obj)
     return buffer.getvalue()
 
 
-def unpack(data: bytes):
-    """What ``pack`` pickled, its large tensors viewing the shared files (on ComfyUI's host only)."""
-    return _Unpickler(io.BytesIO(data)).load()
+def unpack(data: bytes, resolve: Callable[[str], object] | None = None):
+    """What ``pack`` pickled, its named objects given by ``resolve``, its large tensors viewing the shared files."""
+    return _Unpickler(io.BytesIO(data), resolve).load()
 
 
 def clear() -> None:

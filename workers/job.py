@@ -1,0 +1,92 @@
+"""One sampling job: what ComfyUI's guider had in hand on the host, re-run by every worker on its resident model.
+
+The host's ``CFGGuider.sample`` reached its OUTER_SAMPLE wrappers with everything decided: conds, cfg, sampler,
+sigmas, noise, latent, mask and seed, and the stand-in patcher's patches, object patches, model_options, wrappers
+and callbacks. A worker applies that state to a clone of its resident model and calls the same guider's ``sample``
+on it, so guiders, samplers, CFG math and every patch run as ComfyUI's own code, once per rank.
+"""
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from ..parallel.degrees import TandemError
+from . import transport
+
+# ModelPatcher attributes a MODEL node may change (``ModelPatcher.clone`` copies them); the rest is ComfyUI's
+# per-process bookkeeping (backups, devices, the model itself).
+PATCHER_STATE = ("patches", "patches_uuid", "object_patches", "weight_wrapper_patches", "model_options",
+                 "attachments", "additional_models", "callbacks", "wrappers", "injections", "hook_patches",
+                 "forced_hooks", "hook_mode")
+
+
+class CannotTravel(Exception):
+    """Code a worker cannot import: ``name`` from custom-node package ``package``."""
+
+    def __init__(self, name: str, package: str):
+        super().__init__(name, package)
+        self.name, self.package = name, package
+
+
+@dataclass
+class Job:
+    guider: object                 # the host's guider without its per-run state; its model_patcher is the worker's
+    patcher_state: dict
+    noise: torch.Tensor
+    latent_image: torch.Tensor
+    sampler: object
+    sigmas: torch.Tensor
+    denoise_mask: torch.Tensor | None
+    seed: int | None
+    previews: bool                 # the host has a callback: rank 0 streams each step's x0 and x back
+
+    @classmethod
+    def of(cls, guider, noise, latent_image, sampler, sigmas, denoise_mask, seed, previews: bool) -> "Job":
+        shipped = copy.copy(guider)
+        shipped.__dict__.pop("conds", None)     # rebuilt from original_conds by the worker's own ``sample``
+        state = {name: getattr(guider.model_patcher, name) for name in PATCHER_STATE}
+        return cls(shipped, state, noise, latent_image, sampler, sigmas, denoise_mask, seed, previews)
+
+    def apply(self, patcher) -> None:
+        """Give the worker's clone the host patcher's state (the guider already refers to that clone)."""
+        for name, value in self.patcher_state.items():
+            setattr(patcher, name, value)
+
+    def take_rows(self, rows: list[int]) -> None:
+        """Keep the batch rows of one data-parallel replica (the noise was drawn for the whole batch on the host)."""
+        batch = self.latent_image.shape[0]
+        self.noise, self.latent_image = self.noise[rows], self.latent_image[rows]
+        if self.denoise_mask is not None and self.denoise_mask.shape[0] == batch:
+            self.denoise_mask = self.denoise_mask[rows]
+
+    def run(self, callback) -> torch.Tensor:
+        return self.guider.sample(self.noise, self.latent_image, self.sampler, self.sigmas, self.denoise_mask,
+                                  callback, True, self.seed)
+
+
+def pack(job: Job, reference, files: bool) -> bytes:
+    """The job as bytes for every worker (``transport``); one line naming the node whose patch cannot travel."""
+    try:
+        return transport.pack(job, reference, files)
+    except CannotTravel as e:
+        raise TandemError(f"{e.name} (a patch from the custom node package {e.package!r}) cannot run in Tandem's "
+                          f"workers, which load only ComfyUI and Tandem: take {_nodes_of(e.package)} out of the "
+                          "Tandem model's chain") from None
+    except Exception as e:
+        text = " ".join(str(e).split())
+        raise TandemError(f"a patch on this model cannot be sent to Tandem's workers ({type(e).__name__}: {text}): "
+                          "take the node that added it out of the Tandem model's chain") from None
+
+
+def _nodes_of(package: str) -> str:
+    import nodes
+
+    names = sorted(name for name, cls in nodes.NODE_CLASS_MAPPINGS.items()
+                   if getattr(cls, "RELATIVE_PYTHON_MODULE", "").endswith(package)
+                   or cls.__module__.split(".")[0] == package)
+    return "its nodes (" + ", ".join(names[:3]) + ")" if names else "its nodes"
+
+
+def gather_latent(results: list[tuple[torch.Tensor | None, dict]]) -> torch.Tensor:
+    """The whole batch from every worker's result: each replica's leader holds its rows, in rank order."""
+    return torch.cat([samples for samples, _ in results if samples is not None])
