@@ -170,10 +170,22 @@ class Group:
                 raise TandemError(f"Tandem workers did not finish within {self.config.timeout_s} s; the group was "
                                   "stopped: raise the collective timeout in Tandem Init or check the workers' log")
             if pending and on_poll:
-                on_poll()
+                try:
+                    on_poll()
+                except BaseException:       # ComfyUI's callback raised (Cancel): stop the workers before leaving
+                    self.interrupt()
+                    self._settle(pending)
+                    raise
         if errors:
             self._raise(errors)
         return ray.get(refs)
+
+    def _settle(self, refs: list) -> None:
+        """Let running calls end (they stop at their next step once interrupted); a group still busy after the
+        timeout is stopped, so the next job never runs beside a stale one."""
+        _, pending = ray.wait(refs, num_returns=len(refs), timeout=self.config.timeout_s)
+        if pending:
+            self.lose()
 
     def _raise(self, errors: list[Exception]) -> None:
         """One error for the node: a dead worker first (its peers only saw a broken connection), then a setting
