@@ -3,9 +3,10 @@
     python bench/cell.py --model M --mode MODE --gpus N --size WxHxF --steps 6 --weights FILE --reference FILE
                          --result FILE
 
-ComfyUI alone and Tandem go through the same protocol (``measure``), so the CPU run in CI exercises what the GPU
-run does. The result is always written, as JSON with status ok, unsupported (Tandem refused the settings, with
-its message) or failed.
+ComfyUI alone and Tandem go through the same protocol (``measure``) and the same sampler node (ComfyUI's
+KSamplerAdvanced, ``ksampler``): they differ only in the MODEL, ComfyUI's Load Diffusion Model's or Tandem Model
+Loader's, whose sampling runs on the workers. So the CPU run in CI exercises what the GPU run does. The result is
+always written, as JSON with status ok, unsupported (Tandem refused the settings, with its message) or failed.
 """
 import argparse
 import json
@@ -13,6 +14,7 @@ import os
 import statistics
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,12 +34,25 @@ def conditioning(model: Model, size: str) -> dict:
     return dict(positive=cond(), negative=cond(), latent={"samples": torch.zeros(model.latent(*parse_size(size)))})
 
 
-def request(inputs: dict, cfg: float, steps: int):
-    from tandem.workers.sampling import SampleRequest
+def ksampler(model, inputs: dict, cfg: float, steps: int, on_step: Callable[[], None] | None = None
+             ) -> torch.Tensor:
+    """ComfyUI's KSamplerAdvanced node on ``model`` with ``conditioning``'s inputs (seed 42, euler, simple, every
+    step, noise added), under inference mode as ComfyUI's executor runs nodes: a Tandem MODEL samples on its workers,
+    any other in this process. ``on_step`` is called at each step's progress-bar update (what ComfyUI's UI sees)."""
+    import comfy.utils
+    import nodes
 
-    return SampleRequest(add_noise=True, noise_seed=42, steps=steps, cfg=cfg, sampler_name="euler",
-                         scheduler="simple", start_at_step=0, end_at_step=10000, return_with_leftover_noise=False,
-                         **inputs)
+    hook = comfy.utils.PROGRESS_BAR_HOOK
+    if on_step is not None:
+        comfy.utils.set_progress_bar_global_hook(lambda *_, **__: on_step())
+    try:
+        with torch.inference_mode():
+            out = nodes.KSamplerAdvanced().sample(model, "enable", 42, steps, cfg, "euler", "simple",
+                                                  inputs["positive"], inputs["negative"], inputs["latent"], 0, 10000,
+                                                  "disable")
+    finally:
+        comfy.utils.set_progress_bar_global_hook(hook)
+    return out[0]["samples"]
 
 
 def host_ram(pids: list[int]) -> dict:
@@ -51,7 +66,8 @@ def host_ram(pids: list[int]) -> dict:
 
 
 class ComfyUIAlone:
-    """The baseline: ComfyUI's own loader and sampler in this process, on one GPU (or the CPU)."""
+    """The baseline: ComfyUI's Load Diffusion Model (``comfy.sd.load_diffusion_model``) and KSamplerAdvanced in this
+    process, on one GPU (or the CPU); each step ends at its progress-bar update, after a CUDA synchronisation."""
 
     def start(self) -> None:
         """Nothing to start: ComfyUI is already running when a prompt arrives."""
@@ -64,20 +80,18 @@ class ComfyUIAlone:
     def pids(self) -> list[int]:
         return [os.getpid()]
 
-    def sample(self, req) -> tuple[torch.Tensor, dict]:
-        from tandem.workers.sampling import run_ksampler
-
+    def sample(self, inputs: dict, cfg: float, steps: int) -> tuple[torch.Tensor, dict]:
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         ends = [time.perf_counter()]
 
-        def on_step(*_):
+        def on_step():
             if cuda:
                 torch.cuda.synchronize()
             ends.append(time.perf_counter())
 
-        samples = run_ksampler(self.model, req, on_step)
+        samples = ksampler(self.model, inputs, cfg, steps, on_step)
         return samples, {"step_s": [b - a for a, b in zip(ends, ends[1:])],
                          "peak_vram_gb": [torch.cuda.max_memory_allocated() / 2**30 if cuda else None]}
 
@@ -86,7 +100,9 @@ class ComfyUIAlone:
 
 
 class Tandem:
-    """A Tandem group in this process, driven the way the nodes drive it (``group.call``)."""
+    """A Tandem group driven from this process as ComfyUI drives it: Tandem Model Loader's MODEL
+    (``tandem.nodes.loader.load``, a stand-in whose weights live in the workers) sampled by KSamplerAdvanced; step
+    times (rank 0's) and peak VRAM (every rank's) come from the workers' statistics (``group.last_stats``)."""
 
     def __init__(self, config):
         self.config = config
@@ -97,17 +113,17 @@ class Tandem:
         self.group = group.start(self.config)
 
     def load(self, path: str) -> None:
-        self.key = self.group.call("load", path, "default")[0]["key"]
+        from tandem.nodes.loader import load
+
+        self.model = load(self.group, path, "default")
 
     def pids(self) -> list[int]:
         return [info["pid"] for info in self.group.workers]
 
-    def sample(self, req) -> tuple[torch.Tensor, dict]:
-        from tandem.workers.sampling import gather_latent
-
-        results = self.group.call("sample", self.key, req)
-        return gather_latent(results), {"step_s": results[0][1]["step_s"],
-                                        "peak_vram_gb": [stats.get("peak_vram_gb") for _, stats in results]}
+    def sample(self, inputs: dict, cfg: float, steps: int) -> tuple[torch.Tensor, dict]:
+        samples = ksampler(self.model, inputs, cfg, steps)
+        stats = self.group.last_stats
+        return samples, {"step_s": stats[0]["step_s"], "peak_vram_gb": [s.get("peak_vram_gb") for s in stats]}
 
     def close(self) -> None:
         from tandem.workers import group
@@ -115,9 +131,11 @@ class Tandem:
         group.shutdown()
 
 
-def measure(runner, model: Model, size: str, steps: int, weights: str) -> tuple[dict, torch.Tensor]:
-    """Start, load, then four prompts: 1 step cold (the first prompt; ComfyUI moves the weights to the GPU here),
-    the same again (a repeat prompt), 2 steps, and ``steps`` steps, whose per-step times give s/step."""
+def measure(runner, model: Model, size: str, steps: int, weights: str, repeats: int = 5) -> tuple[dict, torch.Tensor]:
+    """Start, load, then the prompts: 1 step cold (the first prompt; ComfyUI moves the weights to the GPU here), the
+    same again ``repeats`` times (repeat prompts: their median wall time is ``repeat_prompt_s``, and what it costs
+    beyond its one step, ``prompt_overhead_s``, is the per-prompt overhead), 2 steps, and ``steps`` steps, whose
+    per-step times give s/step."""
     clock = time.perf_counter
     r = {}
     t = clock()
@@ -130,15 +148,17 @@ def measure(runner, model: Model, size: str, steps: int, weights: str) -> tuple[
     r["host_ram_after_load"] = host_ram(runner.pids())
     inputs = conditioning(model, size)
     wall = {}
-    for name, n in (("first", 1), ("repeat", 1), ("short", 2), ("timed", steps)):
+    for name, n in (("first", 1), *((f"repeat {i}", 1) for i in range(repeats)), ("short", 2), ("timed", steps)):
         t = clock()
-        samples, stats = runner.sample(request(inputs, model.cfg, n))
+        samples, stats = runner.sample(inputs, model.cfg, n)
         wall[name] = clock() - t
-    r.update(first_prompt_s=r["start_s"] + r["load_s"] + wall["first"], repeat_prompt_s=wall["repeat"],
-             t2_s=wall["short"], tN_s=wall["timed"], step_s=stats["step_s"],
+    again = [wall[f"repeat {i}"] for i in range(repeats)]
+    r.update(first_prompt_s=r["start_s"] + r["load_s"] + wall["first"], repeat_prompt_s=statistics.median(again),
+             repeat_prompt_runs_s=again, t2_s=wall["short"], tN_s=wall["timed"], step_s=stats["step_s"],
              s_per_step=statistics.median(stats["step_s"]),
              s_per_step_diff=(wall["timed"] - wall["short"]) / (steps - 2),
              peak_vram_gb=stats["peak_vram_gb"], host_ram_after_sampling=host_ram(runner.pids()))
+    r["prompt_overhead_s"] = r["repeat_prompt_s"] - r["s_per_step"]
     return r, samples
 
 
@@ -156,6 +176,7 @@ def main():
     p.add_argument("--weights", required=True)
     p.add_argument("--reference", required=True, help="ComfyUI's latent: written by the comfyui cell, read by others")
     p.add_argument("--result", required=True)
+    p.add_argument("--repeats", type=int, default=5, help="repeat 1-step prompts (median: repeat_prompt_s)")
     args = p.parse_args()
     import_tandem()
     from tandem.parallel.degrees import GroupConfig, TandemConfigError
@@ -163,7 +184,8 @@ def main():
     mode = MODES[args.mode]
     runner = ComfyUIAlone() if mode.group is None else Tandem(GroupConfig(**mode.group(args.gpus)))
     try:
-        result, samples = measure(runner, MODELS[args.model], args.size, args.steps, args.weights)
+        result, samples = measure(runner, MODELS[args.model], args.size, args.steps, args.weights,
+                                 args.repeats)
         result["status"] = "ok"
         if mode.group is None:
             torch.save(samples, args.reference)

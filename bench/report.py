@@ -68,22 +68,32 @@ def markdown(data: dict) -> str:
     """One section for BENCHMARKS.md: heading, command, machine, method, and one row per cell."""
     m = data["machine"]
     models = sorted({c["model"] for c in data["cells"]}, key=list(MODELS).index)
+    repeats = data.get("repeats", 1)
+    comfyui = {(c["model"], c["size"]): c for c in data["cells"] if c["mode"] == "comfyui" and c["status"] == "ok"}
+    pairs = [f"{c['model']} {c['size']}: {c['repeat_prompt_s']:.3f} s vs {comfyui[key]['repeat_prompt_s']:.3f} s, "
+             f"{c['repeat_prompt_vs_comfyui_s']:+.3f} s" for c in data["cells"]
+             if c["mode"] == "tandem1" and c["status"] == "ok" and (key := (c["model"], c["size"])) in comfyui]
+    overhead = [f"Per-prompt overhead of the drop-in path (repeat 1-step prompt, median of {repeats}; Tandem on 1 GPU "
+                f"vs ComfyUI alone): {'; '.join(pairs)}.", ""] if pairs else []
     lines = [
         f"## {', '.join(models)} — {m['date']}", "",
         "```", m["command"], "```", "",
         f"{m['gpu_count']}× {m['gpu']}, link {m['link']}, driver {m['driver']}; torch {m['torch']}, NCCL {m['nccl']}, "
         f"Ray {m['ray']}, ComfyUI {m['comfyui']}, xfuser {m['xfuser']}, Python {m['python']}.", "",
-        f"bf16 random weights with the real layout; euler, simple. Each cell: start, load, a 1-step first prompt "
-        f"(ComfyUI moves the weights to the GPU here), the same again (repeat prompt), 2 steps, {data['steps']} steps. "
+        f"bf16 random weights with the real layout; euler, simple; every cell samples with ComfyUI's KSamplerAdvanced, "
+        "on Load Diffusion Model's MODEL (ComfyUI) or Tandem Model Loader's (Tandem). Each cell: start, load, a "
+        f"1-step first prompt (ComfyUI moves the weights to the GPU here), the same again {repeats} times (repeat "
+        f"prompt s: their median wall time), 2 steps, {data['steps']} steps. "
         f"s/step: median step of the {data['steps']}-step run, and (t{data['steps']} − t2) / {data['steps'] - 2} "
-        "from the runs' wall times. "
+        "from the runs' wall times. Prompt overhead: repeat prompt s − s/step, what a prompt costs beyond its step. "
         "Speedup and efficiency (speedup / GPUs) against ComfyUI on 1 GPU. VRAM: peak allocated, highest GPU. "
         "Host RAM after load: private (anonymous) memory summed over the processes holding the model, and the "
         "host's page cache.", "",
+        *overhead,
         f"| model | workload | mode | GPUs | s/step | (t{data['steps']}−t2)/{data['steps'] - 2} | speedup | "
         "efficiency | peak VRAM GB | private RAM GB | page cache GB | load s | first prompt s | repeat prompt s | "
-        "rel. err vs ComfyUI |",
-        "|---" * 15 + "|",
+        "prompt overhead s | rel. err vs ComfyUI |",
+        "|---" * 16 + "|",
     ]
     for c in data["cells"]:
         model = MODELS[c["model"]]
@@ -91,7 +101,7 @@ def markdown(data: dict) -> str:
                 f"{c['gpus']} |")
         if c["status"] != "ok":
             message = c["message"].replace("|", "\\|")
-            lines.append(f"{head} {c['status']}: {message} |" + " |" * 10)
+            lines.append(f"{head} {c['status']}: {message} |" + " |" * 11)
             continue
         vram = [v for v in c["peak_vram_gb"] if v is not None]
         ram = c["host_ram_after_load"]
@@ -99,7 +109,8 @@ def markdown(data: dict) -> str:
             f"{head} {c['s_per_step']:.3g} | {c['s_per_step_diff']:.3g} | {_fmt(c.get('speedup'))}× | "
             f"{_fmt(c.get('efficiency'), '.0%')} | {_fmt(max(vram) if vram else None, '.1f')} | "
             f"{sum(ram['private_gb']):.1f} | {ram['page_cache_gb']:.1f} | {c['load_s']:.1f} | "
-            f"{c['first_prompt_s']:.1f} | {c['repeat_prompt_s']:.2f} | {_fmt(c.get('rel_err_vs_comfyui'), '.1e')} |")
+            f"{c['first_prompt_s']:.1f} | {c['repeat_prompt_s']:.2f} | {_fmt(c.get('prompt_overhead_s'), '.3f')} | "
+            f"{_fmt(c.get('rel_err_vs_comfyui'), '.1e')} |")
     return "\n".join(lines) + "\n"
 
 

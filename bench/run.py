@@ -37,6 +37,8 @@ def arguments() -> argparse.Namespace:
                                                      "dropped")
     p.add_argument("--size", help="WxH or WxHxF for every model (default: each model's own)")
     p.add_argument("--steps", type=int, default=6, help="steps of the timed run (at least 3)")
+    p.add_argument("--repeats", type=int, default=5, help="repeat 1-step prompts per cell, whose median wall time "
+                                                          "gives the per-prompt overhead (at least 1)")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or HERE / "out"))
@@ -51,6 +53,8 @@ def arguments() -> argparse.Namespace:
             p.error(f"unknown {name} {', '.join(sorted(unknown))}: choose from {', '.join(table)}")
     if args.steps < 3:
         p.error("--steps must be at least 3: (t(steps) − t(2)) / (steps − 2) needs more steps than the short run")
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     available = torch.cuda.device_count() if args.device == "cuda" else os.cpu_count()
@@ -93,7 +97,7 @@ def run_cell(args, model: str, mode: str, gpus: int, weights: Path, weights_erro
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
         error = child("cell.py", ["--model", model, "--mode", mode, "--gpus", str(gpus), "--size", size,
-                                  "--steps", str(args.steps), "--weights", str(weights), "--reference", str(reference),
+                                  "--steps", str(args.steps), "--repeats", str(args.repeats), "--weights", str(weights), "--reference", str(reference),
                                   "--result", str(result)],
                       logs / f"{model}-{mode}-{gpus}.log", args.device, args.cell_timeout)
         return {**cell, **(json.loads(result.read_text()) if result.exists() else
@@ -101,12 +105,15 @@ def run_cell(args, model: str, mode: str, gpus: int, weights: Path, weights_erro
 
 
 def add_speedups(cells: list[dict]) -> None:
-    """Speedup (ComfyUI's s/step at the same model and size over the cell's) and efficiency (speedup per GPU)."""
-    base = {(c["model"], c["size"]): c["s_per_step"] for c in cells if c["mode"] == "comfyui" and c["status"] == "ok"}
+    """Speedup (ComfyUI's s/step at the same model and size over the cell's), efficiency (speedup per GPU), and the
+    repeat 1-step prompt's wall time over ComfyUI's (on Tandem, 1 GPU: the drop-in path's per-prompt overhead)."""
+    base = {(c["model"], c["size"]): c for c in cells if c["mode"] == "comfyui" and c["status"] == "ok"}
     for c in cells:
         if c["status"] == "ok" and (c["model"], c["size"]) in base:
-            c["speedup"] = base[c["model"], c["size"]] / c["s_per_step"]
+            comfyui = base[c["model"], c["size"]]
+            c["speedup"] = comfyui["s_per_step"] / c["s_per_step"]
             c["efficiency"] = c["speedup"] / c["gpus"]
+            c["repeat_prompt_vs_comfyui_s"] = c["repeat_prompt_s"] - comfyui["repeat_prompt_s"]
 
 
 def main():
@@ -120,7 +127,7 @@ def main():
     logs = args.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     data = {"machine": report.machine(args.device, max(args.gpus, default=1), shlex.join(["python", *sys.argv])),
-            "steps": args.steps, "cells": []}
+            "steps": args.steps, "repeats": args.repeats, "cells": []}
     print(f"{len(plan)} cells on {args.device}, GPU counts {args.gpus}; results in {args.out}", flush=True)
     with tqdm(total=len(args.models) + len(plan), unit="cell", dynamic_ncols=True) as bar:
         for model in args.models:

@@ -2,10 +2,11 @@
 
     python bench/step_timing.py [--model wan2.1-1.3b] [--cache DIR]
 
-ComfyUI alone on one GPU (its loader, ``comfy.sample``), same inputs as the harness. In this order, from a fresh
-load: 2 steps and 6 steps with no warm-up, timing each step by the time between sampler callbacks (no CUDA
-synchronisation: what a callback sees) and each run by its wall time (which ends when the latent is on the CPU);
-then the same again warm; then 6 steps with a CUDA synchronisation in the callback. Prints one JSON line per run.
+ComfyUI alone on one GPU (its Load Diffusion Model and KSamplerAdvanced, as the harness's baseline), same inputs
+as the harness. In this order, from a fresh load: 2 steps and 6 steps with no warm-up, timing each step by the time
+between the sampler's progress-bar updates (no CUDA synchronisation: what ComfyUI's progress bar sees) and each run by
+its wall time (which ends when the latent is on the CPU); then the same again warm; then 6 steps with a CUDA
+synchronisation at each update. Prints one JSON line per run.
 """
 import argparse
 import json
@@ -16,24 +17,22 @@ from pathlib import Path
 import torch
 
 from _tandem import import_tandem
-from cell import conditioning, request
+from cell import conditioning, ksampler
 from matrix import MODELS
 from run import find_comfyui
 from weights import DEFAULT_CACHE, cached
 
 
 def timed(model, inputs: dict, cfg: float, steps: int, sync: bool) -> dict:
-    from tandem.workers.sampling import run_ksampler
-
     marks = []
 
-    def on_step(*_):
+    def on_step():
         if sync and torch.cuda.is_available():
             torch.cuda.synchronize()
         marks.append(time.perf_counter())
 
     start = time.perf_counter()
-    run_ksampler(model, request(inputs, cfg, steps), on_step)
+    ksampler(model, inputs, cfg, steps, on_step)
     wall = time.perf_counter() - start
     gaps = [b - a for a, b in zip([start, *marks], marks)]
     return {"steps": steps, "sync": sync, "wall_s": wall, "callback_gaps_s": gaps,

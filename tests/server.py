@@ -61,7 +61,7 @@ class ComfyServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.command = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                         "--base-directory", str(self.base_dir), "--disable-auto-launch",
-                        "--database-url", "sqlite:///:memory:"]
+                        "--database-url", "sqlite:///:memory:", "--preview-method", "latent2rgb"]
         self.comfyui_path = Path(comfyui_path)
         self.process: subprocess.Popen | None = None
         self.startup_s: float | None = None
@@ -119,9 +119,11 @@ class ComfyServer:
     def object_info(self) -> dict:
         return self._request("/object_info")
 
-    def post_prompt(self, workflow: dict) -> str:
-        """Queue an API-format workflow; a validation error raises with ComfyUI's node_errors."""
-        return self._request("/prompt", {"prompt": workflow, "client_id": uuid.uuid4().hex})["prompt_id"]
+    def post_prompt(self, workflow: dict, client_id: str | None = None) -> str:
+        """Queue an API-format workflow (for the websocket client ``client_id``, if given); a validation error raises
+        with ComfyUI's node_errors."""
+        body = {"prompt": workflow, "client_id": client_id or uuid.uuid4().hex}
+        return self._request("/prompt", body)["prompt_id"]
 
     def finished(self, prompt_id: str, timeout: float = 300.0) -> dict:
         """Poll ``/history/<id>`` until the prompt finished, successfully or not; return its history entry."""

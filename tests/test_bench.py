@@ -12,7 +12,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.append(str(ROOT / "bench"))      # the harness's modules import each other as scripts
 
-from cell import conditioning, request  # noqa: E402
+from cell import conditioning, ksampler  # noqa: E402
 from matrix import MODELS, parse_size  # noqa: E402
 from report import links  # noqa: E402
 from weights import layout  # noqa: E402
@@ -32,7 +32,7 @@ def test_cpu_matrix_writes_table_json_and_plot(tmp_path):
     benchmarks.write_text("# Tandem benchmarks\n")
     out = tmp_path / "out"
     command = [sys.executable, str(ROOT / "bench" / "run.py"), "--device", "cpu", "--models", "tiny-wan",
-               "--size", "16x16x5", "--gpus", "2", "--modes", "comfyui,tandem1,usp,cfg-parallel",
+               "--size", "16x16x5", "--gpus", "2", "--modes", "comfyui,tandem1,usp,cfg-parallel", "--repeats", "3",
                "--cache", str(tmp_path / "cache"), "--out", str(out), "--append", str(benchmarks)]
     run = subprocess.run(command, capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -46,6 +46,11 @@ def test_cpu_matrix_writes_table_json_and_plot(tmp_path):
         cell = cells[key]
         assert cell["status"] == "ok", cell.get("message")
         assert len(cell["step_s"]) == data["steps"] == 6
+        assert len(cell["repeat_prompt_runs_s"]) == data["repeats"] == 3
+        assert cell["repeat_prompt_s"] == sorted(cell["repeat_prompt_runs_s"])[1]      # the median
+        assert cell["prompt_overhead_s"] == pytest.approx(cell["repeat_prompt_s"] - cell["s_per_step"])
+        assert cell["repeat_prompt_vs_comfyui_s"] == pytest.approx(
+            cell["repeat_prompt_s"] - cells[("comfyui", 1)]["repeat_prompt_s"])
         assert cell["efficiency"] == pytest.approx(cell["speedup"] / key[1])
         ram = cell["host_ram_after_load"]
         assert len(ram["private_gb"]) == key[1] and min(ram["private_gb"]) > 0 and ram["page_cache_gb"] > 0
@@ -59,6 +64,12 @@ def test_cpu_matrix_writes_table_json_and_plot(tmp_path):
     markdown = (out / "results.md").read_text()
     rows = table(markdown)
     assert rows[0][:5] == ["model", "workload", "mode", "GPUs", "s/step"]
+    assert rows[0][-3:] == ["repeat prompt s", "prompt overhead s", "rel. err vs ComfyUI"]
+    tandem1 = cells[("tandem1", 1)]
+    assert (f"Per-prompt overhead of the drop-in path (repeat 1-step prompt, median of 3; Tandem on 1 GPU vs ComfyUI "
+            f"alone): tiny-wan 16x16x5: {tandem1['repeat_prompt_s']:.3f} s vs "
+            f"{cells[('comfyui', 1)]['repeat_prompt_s']:.3f} s, {tandem1['repeat_prompt_vs_comfyui_s']:+.3f} s.\n"
+            in markdown)
     assert len(rows) == 5 and all(len(row) == len(rows[0]) for row in rows)
     assert [row[2] for row in rows[1:]] == ["ComfyUI, 1 GPU", "Tandem, 1 GPU", "Tandem, Ulysses 2",
                                            "Tandem, CFG-parallel on 2"]
@@ -77,12 +88,11 @@ def test_model_layout_is_what_comfyui_detects(name):
 
 @pytest.mark.parametrize("name", REAL)
 def test_model_inputs_sample_one_step(name):
-    """The harness's conditioning and latent for each model run through ComfyUI's sampler (one block deep)."""
+    """The harness's conditioning and latent for each model run through ComfyUI's KSamplerAdvanced (one block
+    deep)."""
     import comfy.model_management
     import comfy.model_patcher
     import comfy.supported_models
-    from tandem.workers.sampling import run_ksampler
-
     model = MODELS[name]
     shallow = {k: 1 for k in ("num_layers", "depth", "depth_single_blocks") if k in model.unet_config}
     config = getattr(comfy.supported_models, model.config_class)({**model.unet_config, **shallow})
@@ -91,7 +101,7 @@ def test_model_inputs_sample_one_step(name):
                                                offload_device=comfy.model_management.unet_offload_device())
     size = "64x64x5" if parse_size(model.size)[2] > 1 else "64x64"
     inputs = conditioning(model, size)
-    samples = run_ksampler(patcher, request(inputs, model.cfg, 1), lambda *a: None)
+    samples = ksampler(patcher, inputs, model.cfg, 1)
     assert samples.numel() == inputs["latent"]["samples"].numel()
 
 

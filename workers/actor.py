@@ -158,9 +158,11 @@ class Worker:
         job: Job = transport.unpack(packed, partial(self._resolve, patcher))
         job.apply(patcher)
         self._patch_weights(key, patcher)
-        if self.cfg_group is not None:
-            patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, "tandem_cfg",
-                                         cfg.split_branches(self.cfg_group, cfg.branch_of(self.config, self.rank)))
+        if self.cfg_group is not None:     # innermost: the guider's options already hold the host's wrappers
+            comfy.patcher_extension.add_wrapper_with_key(
+                comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, "tandem_cfg",
+                cfg.split_branches(self.cfg_group, cfg.branch_of(self.config, self.rank)),
+                job.guider.model_options, is_model_options=True)
         shard = self.shards.get(key)
         if shard is not None:
             shard.reset_stats()

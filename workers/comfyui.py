@@ -29,3 +29,15 @@ def import_comfyui(cpu: bool | None = None) -> None:
     from comfy.cli_args import args
 
     args.cpu = (not torch.cuda.is_available()) if cpu is None else cpu
+
+
+def importable_name(module_name: str) -> str | None:
+    """The dotted name of a module ComfyUI loaded by file path (its ``comfy_extras`` nodes, whose classes and
+    functions carry the path as ``__module__``), for a process that imports it by name; None for any other module.
+    Custom-node packages are not ComfyUI's and get None."""
+    if not os.path.isabs(module_name):
+        return None
+    relative = os.path.relpath(module_name, comfyui_path())
+    if relative.startswith("..") or relative.split(os.sep)[0] == "custom_nodes":
+        return None
+    return relative.replace(os.sep, ".")

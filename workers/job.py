@@ -1,13 +1,15 @@
-"""One sampling job: what ComfyUI's guider had in hand on the host, re-run by every worker on its resident model.
+"""One sampling job: what ComfyUI's guider had in hand on the host, continued by every worker on its resident model.
 
-The host's ``CFGGuider.sample`` reached its OUTER_SAMPLE wrappers with everything decided: conds, cfg, sampler,
-sigmas, noise, latent, mask and seed, and the stand-in patcher's patches, object patches, model_options, wrappers
-and callbacks. A worker applies that state to a clone of its resident model and calls the same guider's ``sample``
-on it, so guiders, samplers, CFG math and every patch run as ComfyUI's own code, once per rank.
+The host's ``CFGGuider.sample`` reached its OUTER_SAMPLE wrappers with everything decided: conds (copied, hooks
+registered), cfg, its model_options (wrappers and callbacks merged in), sampler, sigmas, noise, latent, mask and seed,
+and the stand-in patcher's patches, object patches and hooks. A worker applies that state to a clone of its resident
+model and carries on where the host stopped: the same OUTER_SAMPLE wrappers (Tandem's own is a pass-through there),
+then the guider's ``outer_sample``, so guiders, samplers, CFG math and every patch run as ComfyUI's own code, once per
+rank, and nothing of ``sample``'s preparation runs twice.
 """
-import copy
 from dataclasses import dataclass
 
+import comfy.patcher_extension
 import torch
 
 from ..parallel.degrees import TandemError
@@ -30,7 +32,7 @@ class CannotTravel(Exception):
 
 @dataclass
 class Job:
-    guider: object                 # the host's guider without its per-run state; its model_patcher is the worker's
+    guider: object                 # the host's guider mid-``sample``; its model_patcher becomes the worker's clone
     patcher_state: dict
     noise: torch.Tensor
     latent_image: torch.Tensor
@@ -38,14 +40,14 @@ class Job:
     sigmas: torch.Tensor
     denoise_mask: torch.Tensor | None
     seed: int | None
+    latent_shapes: list | None     # ``sample`` packs nested latents into one tensor; these unpack them
     previews: bool                 # the host has a callback: rank 0 streams each step's x0 and x back
 
     @classmethod
-    def of(cls, guider, noise, latent_image, sampler, sigmas, denoise_mask, seed, previews: bool) -> "Job":
-        shipped = copy.copy(guider)
-        shipped.__dict__.pop("conds", None)     # rebuilt from original_conds by the worker's own ``sample``
+    def of(cls, guider, noise, latent_image, sampler, sigmas, denoise_mask, seed, latent_shapes,
+           previews: bool) -> "Job":
         state = {name: getattr(guider.model_patcher, name) for name in PATCHER_STATE}
-        return cls(shipped, state, noise, latent_image, sampler, sigmas, denoise_mask, seed, previews)
+        return cls(guider, state, noise, latent_image, sampler, sigmas, denoise_mask, seed, latent_shapes, previews)
 
     def apply(self, patcher) -> None:
         """Give the worker's clone the host patcher's state (the guider already refers to that clone)."""
@@ -60,8 +62,16 @@ class Job:
             self.denoise_mask = self.denoise_mask[rows]
 
     def run(self, callback) -> torch.Tensor:
-        return self.guider.sample(self.noise, self.latent_image, self.sampler, self.sigmas, self.denoise_mask,
-                                  callback, True, self.seed)
+        """The rest of ``CFGGuider.sample`` from its OUTER_SAMPLE wrappers on."""
+        guider = self.guider
+        executor = comfy.patcher_extension.WrapperExecutor.new_class_executor(
+            guider.outer_sample, guider, comfy.patcher_extension.get_all_wrappers(
+                comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, guider.model_options, is_model_options=True))
+        try:
+            return executor.execute(self.noise, self.latent_image, self.sampler, self.sigmas, self.denoise_mask,
+                                    callback, True, self.seed, latent_shapes=self.latent_shapes)
+        finally:
+            guider.model_patcher.restore_hook_patches()
 
 
 def pack(job: Job, reference, files: bool) -> bytes:

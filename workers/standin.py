@@ -18,9 +18,7 @@ import types
 
 import comfy.model_management
 import comfy.model_patcher
-import comfy.nested_tensor
 import comfy.patcher_extension
-import comfy.utils
 import folder_paths
 import torch
 
@@ -71,11 +69,8 @@ class RemoteSampling:
         if self.group.stopped:
             raise TandemError("this Tandem model's workers were stopped (Tandem Shutdown): run the prompt again to "
                               "start them, and put Tandem Shutdown in a prompt of its own")
-        if latent_shapes is not None and len(latent_shapes) > 1:   # the guider packed them; its twin packs them again
-            noise, latent_image = (comfy.nested_tensor.NestedTensor(comfy.utils.unpack_latents(t, latent_shapes))
-                                   for t in (noise, latent_image))
         job = jobs.Job.of(executor.class_obj, noise, latent_image, sampler, sigmas, denoise_mask, seed,
-                          previews=callback is not None)
+                          latent_shapes, previews=callback is not None)
         data = jobs.pack(job, self._reference, files=self.group.on_this_host)
         results = self.group.sample(self.key, data, on_step=callback)
         return jobs.gather_latent(results)

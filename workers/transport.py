@@ -18,16 +18,21 @@ Objects that already exist in every worker (Tandem's stand-in model on ComfyUI's
 it) are not pickled at all: ``pack``'s ``reference`` names them, and ``unpack``'s ``resolve`` gives each name the
 worker's own object (its resident model, the job's patcher), so a patch that captured the model stays bound to it.
 """
+import functools
+import importlib
 import io
 import os
 import pickle
 import tempfile
 import threading
+import types
 import weakref
 from collections.abc import Callable
 
 import torch
 from ray import cloudpickle
+
+from .comfyui import importable_name
 
 THRESHOLD = 1 << 16            # storages of at least this many bytes go by reference (LoRA factors are ~100 KB)
 DIRECTORIES = [d for d in ("/dev/shm", tempfile.gettempdir()) if os.path.isdir(d)]    # the first with room
@@ -76,6 +81,15 @@ class _Pickler(cloudpickle.CloudPickler):
         super().__init__(file)
         self.reference, self.files = reference, files
 
+    def reducer_override(self, obj):
+        """A class or function of a module ComfyUI loaded by path (``comfy_extras``: guiders, patch functions)
+        travels by its importable name, which workers import as usual."""
+        if isinstance(obj, (type, types.FunctionType)) and "<locals>" not in obj.__qualname__:
+            name = importable_name(obj.__module__)
+            if name is not None:
+                return _import_attribute, (name, obj.__qualname__)
+        return super().reducer_override(obj)
+
     def persistent_id(self, obj):
         """Tensors pickle their storage typed (most dtypes) or untyped (float8 and newer; it unpickles as bytes)."""
         name = self.reference(obj)
@@ -88,6 +102,10 @@ class _Pickler(cloudpickle.CloudPickler):
         if isinstance(storage, torch.UntypedStorage) and storage.nbytes() >= THRESHOLD:
             return "tandem-file", _file_for(storage), storage.nbytes(), obj.dtype if typed else torch.uint8
         return None
+
+
+def _import_attribute(module: str, qualname: str):
+    return functools.reduce(getattr, qualname.split("."), importlib.import_module(module))
 
 
 class _Unpickler(pickle.Unpickler):

@@ -1,7 +1,8 @@
 """Test-only ComfyUI nodes, linked into the test server's custom_nodes next to Tandem.
 
 A real Wan text encoder (umt5-xxl, ~10 GB) is far too big for CI, so workflows under test take their text
-conditioning from a seeded random tensor of the encoder's width instead.
+conditioning from a seeded random tensor of the encoder's width instead. ``TandemTestHostOnlyPatch`` is a model patch
+from a third-party package, which Tandem's workers cannot import.
 """
 import torch
 
@@ -25,5 +26,28 @@ class TandemTestConditioning:
         return ([[torch.randn(1, tokens, width, generator=generator), {}]],)
 
 
-NODE_CLASS_MAPPINGS = {"TandemTestConditioning": TandemTestConditioning}
-NODE_DISPLAY_NAME_MAPPINGS = {"TandemTestConditioning": "Tandem Test Conditioning"}
+def halve_guidance(args: dict):
+    """A post-CFG function defined in this custom-node package: importable only where ComfyUI loaded the package."""
+    return args["cond_denoised"] + (args["denoised"] - args["cond_denoised"]) * 0.5
+
+
+class TandemTestHostOnlyPatch:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",)}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+    CATEGORY = "_for_testing"
+    DESCRIPTION = "A model patch whose code lives in a custom-node package (as most third-party patches do)."
+
+    def patch(self, model):
+        model = model.clone()
+        model.set_model_sampler_post_cfg_function(halve_guidance)
+        return (model,)
+
+
+NODE_CLASS_MAPPINGS = {"TandemTestConditioning": TandemTestConditioning,
+                       "TandemTestHostOnlyPatch": TandemTestHostOnlyPatch}
+NODE_DISPLAY_NAME_MAPPINGS = {"TandemTestConditioning": "Tandem Test Conditioning",
+                              "TandemTestHostOnlyPatch": "Tandem Test Host-Only Patch"}
