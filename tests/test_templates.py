@@ -18,6 +18,18 @@ def test_wan_template_is_bundled():
     assert "wan21_t2v_tandem" in [path.stem for path in WORKFLOWS]
 
 
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[path.stem for path in WORKFLOWS])
+def test_template_uses_drop_in_wiring(path: Path):
+    """Tandem Model Loader's MODEL goes through ComfyUI's own ModelSampling node into ComfyUI's own sampler, as the
+    one-GPU template would after swapping Load Diffusion Model: no Tandem-only sampler."""
+    workflow = json.loads(path.read_text())
+    types = {node["id"]: node["type"] for node in workflow["nodes"]}
+    edges = {(types[src], types[dst]) for _, src, _, dst, _, kind in workflow["links"] if kind == "MODEL"}
+    assert ("TandemModelLoader", "ModelSamplingSD3") in edges, edges
+    assert ("ModelSamplingSD3", "KSampler") in edges, edges
+    assert "XFuserKSamplerAdvanced" not in types.values()
+
+
 def test_templates_listed_and_served(comfy_server: ComfyServer):
     listed = json.loads(comfy_server.fetch("/workflow_templates")[0])
     assert sorted(listed.get(CLONE_NAME, [])) == [path.stem for path in WORKFLOWS], listed
