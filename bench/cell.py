@@ -36,23 +36,19 @@ def conditioning(model: Model, size: str) -> dict:
 
 def ksampler(model, inputs: dict, cfg: float, steps: int, on_step: Callable[[], None] | None = None
              ) -> torch.Tensor:
-    """ComfyUI's KSamplerAdvanced node on ``model`` with ``conditioning``'s inputs (seed 42, euler, simple, every
-    step, noise added), under inference mode as ComfyUI's executor runs nodes: a Tandem MODEL samples on its workers,
-    any other in this process. ``on_step`` is called at each step's progress-bar update (what ComfyUI's UI sees)."""
-    import comfy.utils
-    import nodes
+    """What ComfyUI's KSamplerAdvanced node runs (``nodes.common_ksampler``: its noise, ``comfy.sample.sample``, a
+    per-step callback) on ``model`` with ``conditioning``'s inputs (seed 42, euler, simple, every step, noise added),
+    under inference mode as ComfyUI's executor runs nodes: a Tandem MODEL samples on its workers, any other in this
+    process. ``on_step`` is called at each step's callback (where ComfyUI's UI updates). ComfyUI's ``nodes`` module
+    itself is not imported: it needs PyAV, which the GPU machines lack."""
+    import comfy.sample
 
-    hook = comfy.utils.PROGRESS_BAR_HOOK
-    if on_step is not None:
-        comfy.utils.set_progress_bar_global_hook(lambda *_, **__: on_step())
-    try:
-        with torch.inference_mode():
-            out = nodes.KSamplerAdvanced().sample(model, "enable", 42, steps, cfg, "euler", "simple",
-                                                  inputs["positive"], inputs["negative"], inputs["latent"], 0, 10000,
-                                                  "disable")
-    finally:
-        comfy.utils.set_progress_bar_global_hook(hook)
-    return out[0]["samples"]
+    with torch.inference_mode():
+        latent = comfy.sample.fix_empty_latent_channels(model, inputs["latent"]["samples"])
+        noise = comfy.sample.prepare_noise(latent, 42)
+        return comfy.sample.sample(model, noise, steps, cfg, "euler", "simple", inputs["positive"], inputs["negative"],
+                                   latent, denoise=1.0, callback=lambda *_: on_step and on_step(), disable_pbar=True,
+                                   seed=42)
 
 
 def host_ram(pids: list[int]) -> dict:

@@ -5,11 +5,13 @@ through its conv stem) and Qwen-Image's InstantX ``QwenImageControlNetModel`` (h
 Wan 2.1 VAE that ComfyUI's ``VAE`` detects from its keys). ComfyUI's ControlNet detection fixes the width at 3072
 (24 heads of 128), as for the diffusion models (see checkpoints.py), so the ``comfy.controlnet.ControlNet`` wrapper
 is built the way ``load_controlnet_flux_xlabs_mistoline`` / ``load_controlnet_qwen_instantx`` build it, and applied
-with ComfyUI's ControlNetApplyAdvanced node: it reaches the workers inside the conditioning, sent as XFuser KSampler
-sends it (``Group.sample``: by reference through shared memory, the workers being on this host).
+with ComfyUI's ControlNetApplyAdvanced node: it reaches the workers inside the conditioning of the job that
+KSamplerAdvanced on the Tandem MODEL sends (``workers.job``: large tensors by reference through shared memory, the
+workers being on this host).
 """
 import gc
 import os
+import threading
 
 import comfy.controlnet
 import comfy.latent_formats
@@ -21,11 +23,12 @@ import comfy.ops
 import comfy.sd
 import pytest
 import torch
+from tandem.nodes.loader import load
 from tandem.tests.checkpoints import FAMILIES, _randomize
 from tandem.tests.test_families import HEADS, check, image_tokens, request
 from tandem.tests.test_fsdp import anonymous_kb
 from tandem.tests.test_transport import shared_files
-from tandem.tests.test_wan_usp import single_process
+from tandem.tests.test_wan_usp import ksampler, relative, single_process, tandem_sample
 from tandem.workers import controlnet, transport
 
 import nodes
@@ -111,10 +114,6 @@ def sizes(family: str, case: str):
     return (frames + hw if hw else None for hw in CASES[case])
 
 
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
-
-
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("family", ["flux", "qwen_image"])
 def test_controlnet_ulysses2_equals_single_process(tandem_group, checkpoint, family, case):
@@ -122,10 +121,8 @@ def test_controlnet_ulysses2_equals_single_process(tandem_group, checkpoint, fam
     path = str(checkpoint(family))
     req = with_controlnet(request(family, size, reference), family, size)
     expected = single_process(path, family, req)
-    key = tandem_group.call("load", path, "default", HEADS[family])[0]["key"]
-    (latent, stats0), (none, stats1) = tandem_group.sample(key, req)
-    assert none is None
-    check(latent, expected, [stats0, stats1], family, image_tokens(*filter(None, (size, reference))),
+    latent, stats = tandem_sample(tandem_group, path, req, unet_config=HEADS[family])
+    check(latent, expected, stats, family, image_tokens(*filter(None, (size, reference))),
           f"{family} + ControlNet, {case}")
 
 
@@ -137,8 +134,8 @@ def test_controlnet_placement_decides_the_result(tandem_group, checkpoint, famil
     path = str(checkpoint(family))
     plain = single_process(path, family, request(family, size))
     expected = single_process(path, family, with_controlnet(request(family, size), family, size))
-    key = tandem_group.call("load", path, "default", HEADS[family])[0]["key"]
-    (mirrored, _), _ = tandem_group.sample(key, with_controlnet(request(family, size), family, size, True))
+    mirrored, _ = tandem_sample(tandem_group, path, with_controlnet(request(family, size), family, size, True),
+                                unet_config=HEADS[family])
     print(f"{family}: ControlNet moves the result by {relative(plain, expected):.2e}, "
           f"a mirrored hint by {relative(mirrored, expected):.2e}")
     assert relative(plain, expected) > 1e-3 and relative(mirrored, expected) > 1e-3   # 10× the tolerance
@@ -153,50 +150,61 @@ def test_controlnet_runs_on_the_workers_device(tandem_group, checkpoint, family)
     expected = single_process(path, family, with_controlnet(request(family, size), family, size))
     req = with_controlnet(request(family, size), family, size)
     elsewhere = torch.device("cuda", 7)
-    for control in controlnet.controlnets([req.positive, req.negative]):
+    conds = [[options for _, options in conditioning] for conditioning in (req.positive, req.negative)]
+    for control in controlnet.controlnets(conds):
         control.load_device = control.control_model_wrapped.load_device = elsewhere
         if control.vae is not None:
             control.vae.device = control.vae.patcher.load_device = elsewhere
-    key = tandem_group.call("load", path, "default", HEADS[family])[0]["key"]
-    (latent, _), _ = tandem_group.sample(key, req)
+    latent, _ = tandem_sample(tandem_group, path, req, unet_config=HEADS[family])
     assert relative(latent, expected) < 1e-4
 
 
 def test_controlnet_weights_arrive_by_reference(tandem_group, checkpoint, monkeypatch):
     """Sampling with an 88 MB ControlNet adds, summed over the workers, well under its size of private host memory
-    (the same prompt sent through Ray whole adds a copy per worker); Ray carries a request far smaller than the
-    weights; the weights are written to shared files once for consecutive prompts and removed once it is freed.
+    (the same prompt sent through Ray whole, as for workers on other hosts, adds a copy per worker); Ray carries a
+    request far smaller than the weights; the weights are written to shared files once for consecutive prompts and
+    removed once it is freed.
 
     The tiny ControlNet's tensors are 0.25 to 2 MB (a real one's 18 MB and up), so the threshold goes down to 64 KiB
     to send all but its biases by reference."""
     monkeypatch.setattr(transport, "THRESHOLD", 64 << 10)
     size, _ = sizes("flux", "15-tokens")
-    key = tandem_group.call("load", str(checkpoint("flux")), "default", HEADS["flux"])[0]["key"]
+    model = load(tandem_group, str(checkpoint("flux")), unet_config=HEADS["flux"])
     assert tandem_group.on_this_host
     control = flux_controlnet(depth=8)
     weight_bytes = sum(t.nbytes for t in control.control_model.state_dict().values())
     prompt = lambda: with_controlnet(request("flux", size), "flux", size, end_percent=1.0, control=control)
     pids = [w["pid"] for w in tandem_group.workers]
 
-    def added_bytes(send) -> tuple[int, int]:
-        """Peak private memory the workers add while ``send`` runs a prompt, summed over the workers; polls."""
+    def added_bytes() -> tuple[int, int]:
+        """Peak private memory the workers add while KSamplerAdvanced runs a prompt on the Tandem MODEL, summed over
+        the workers; polled from a thread while it runs."""
         before = [anonymous_kb(pid) for pid in pids]
-        peak, polls = list(before), []
+        peak, polls, done = list(before), [], threading.Event()
 
         def poll():
-            peak[:] = [max(p, anonymous_kb(pid)) for p, pid in zip(peak, pids)]
-            polls.append(1)
+            while not done.wait(0.05):
+                peak[:] = [max(p, anonymous_kb(pid)) for p, pid in zip(peak, pids)]
+                polls.append(1)
 
-        send(key, prompt(), on_poll=poll)
+        thread = threading.Thread(target=poll, daemon=True)
+        thread.start()
+        try:
+            ksampler(model, prompt())
+        finally:
+            done.set()
+            thread.join()
         return sum(p - b for p, b in zip(peak, before)) * 1024, len(polls)
 
-    tandem_group.sample(key, prompt())          # the workers' first ControlNet job allocates for good
+    ksampler(model, prompt())                   # the workers' first ControlNet job allocates for good
     gc.collect()
-    files = shared_files()                      # the conditioning's files went with the request: the weights' stay
+    files = shared_files()                      # the job's other files went with it: the weights' stay
     file_bytes = sum(os.path.getsize(f) for f in files)
-    by_reference, polls = added_bytes(tandem_group.sample)
+    by_reference, polls = added_bytes()
     payload = len(transport.pack(prompt()))
-    through_ray, ray_polls = added_bytes(lambda *args, on_poll: tandem_group.call("sample", *args, on_poll=on_poll))
+    with monkeypatch.context() as elsewhere:    # as with workers on other hosts: every tensor inside the job
+        elsewhere.setattr(tandem_group, "on_this_host", False)
+        through_ray, ray_polls = added_bytes()
     gc.collect()
     again = shared_files()
     print(f"ControlNet {weight_bytes / 2**20:.1f} MB, in {len(files)} shared files {file_bytes / 2**20:.1f} MB; "

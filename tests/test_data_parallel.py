@@ -3,9 +3,7 @@ import pytest
 import torch
 
 from tandem.parallel.degrees import GroupConfig
-from tandem.tests.test_wan_usp import STEPS, request, single_process
-from tandem.workers import group as groups
-from tandem.workers.sampling import gather_latent
+from tandem.tests.test_wan_usp import STEPS, request, single_process, start_load_sample
 
 SHAPE = (3, 6, 10)
 LAYOUTS = {
@@ -22,12 +20,9 @@ def test_batch_split_over_replicas_equals_single_process(_tandem_session, checkp
     req.latent = {"samples": torch.zeros(batch, *req.latent["samples"].shape[1:])}
     expected = single_process(path, "wan21_t2v", req)
 
-    group = groups.start(config)
-    key = group.call("load", path, "default")[0]["key"]
-    results = group.call("sample", key, req)
-    latent = gather_latent(results)
+    latent, all_stats, _ = start_load_sample(config, path, req)
     error = ((latent - expected).norm() / expected.norm()).item()
-    rows = [stats["rows"] for _, stats in results]
+    rows = [stats["rows"] for stats in all_stats]
     print(f"{layout}, batch {batch}: relative error {error:.2e}, latent rows the DiT ran per worker {rows}")
     assert latent.shape == expected.shape and error < 1e-4
     per_replica = -(-batch // config.dp_degree)                  # each replica: its rows, cond + uncond, every step

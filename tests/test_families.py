@@ -1,8 +1,9 @@
 """Flux, Qwen-Image and HunyuanVideo under Ulysses 2 equal ComfyUI's KSamplerAdvanced in one process (fp32).
 
 Image tokens are split (padded where the count is odd), text tokens replicated, and every joint attention runs
-through the all-to-all, in Tandem's Ray workers. ComfyUI detects the tiny Flux and Qwen-Image files as their family
-but with its fixed 24 heads, which do not fit their width, so the workers get the head count explicitly.
+through the all-to-all, in Tandem's Ray workers, when KSamplerAdvanced samples on the Tandem MODEL. ComfyUI detects
+the tiny Flux and Qwen-Image files as their family but with its fixed 24 heads, which do not fit their width, so the
+workers (and the host's stand-in) get the head count explicitly.
 """
 import math
 
@@ -11,9 +12,8 @@ import torch
 
 from tandem.parallel.degrees import GroupConfig
 from tandem.tests.checkpoints import FAMILIES, build_model
-from tandem.tests.test_wan_usp import single_process
+from tandem.tests.test_wan_usp import SampleRequest, single_process, start_load_sample, tandem_sample
 from tandem.workers import group as groups
-from tandem.workers.sampling import SampleRequest
 
 STEPS = 4
 JOINT_BLOCKS = {"flux": 4, "qwen_image": 2, "hunyuan_video": 4, "hunyuan_video_i2v": 4}   # joint attentions per forward of the tiny models
@@ -44,7 +44,8 @@ def image_tokens(*sizes: tuple[int, ...]) -> int:
 def check(latent, expected, stats, family, tokens, label) -> None:
     error = ((latent - expected).norm() / expected.norm()).item()
     print(f"{label}: relative error {error:.2e}, per-rank stats {stats}")
-    assert latent.shape == expected.shape and error < 1e-4
+    assert latent.shape == expected.shape and error < 1e-4    # one latent: rank 0's, not one per rank
+    assert [rank_stats["rank"] for rank_stats in stats] == [0, 1]
     for rank_stats in stats:                      # each rank's blocks saw its share of the image tokens, never all
         assert rank_stats["block_tokens"] == [math.ceil(tokens / 2)]
         assert rank_stats["attention_calls"] >= STEPS * JOINT_BLOCKS[family]   # every joint attention exchanged
@@ -65,11 +66,8 @@ def test_joint_families_ulysses2_equal_single_process(tandem_group, checkpoint, 
     path = str(checkpoint(family))
     req = request(family, size, reference)
     expected = single_process(path, family, req)
-    key = tandem_group.call("load", path, "default", HEADS[family])[0]["key"]
-    (latent, stats0), (none, stats1) = tandem_group.call("sample", key, req)
-    assert none is None
-    check(latent, expected, [stats0, stats1], family, image_tokens(*filter(None, (size, reference))),
-          f"{family} {case}")
+    latent, stats = tandem_sample(tandem_group, path, req, unet_config=HEADS[family])
+    check(latent, expected, stats, family, image_tokens(*filter(None, (size, reference))), f"{family} {case}")
 
 
 @pytest.mark.parametrize("size", [(1, 8, 8), (3, 6, 10)], ids=["16-tokens", "45-tokens"])
@@ -77,22 +75,19 @@ def test_hunyuan_video_workers_ulysses2_equal_single_process(tandem_group, check
     path = str(checkpoint("hunyuan_video"))
     req = request("hunyuan_video", size)
     expected = single_process(path, "hunyuan_video", req)
-    key = tandem_group.call("load", path, "default")[0]["key"]
-    (latent, stats0), (none, stats1) = tandem_group.call("sample", key, req)
-    assert none is None
-    check(latent, expected, [stats0, stats1], "hunyuan_video", image_tokens(size), f"hunyuan_video {size}")
+    latent, stats = tandem_sample(tandem_group, path, req)
+    check(latent, expected, stats, "hunyuan_video", image_tokens(size), f"hunyuan_video {size}")
 
 
 def test_hunyuan_video_workers_ulysses2_fsdp_equal_single_process(_tandem_session, checkpoint):
     path = str(checkpoint("hunyuan_video"))
     req = request("hunyuan_video", (3, 6, 10))
     expected = single_process(path, "hunyuan_video", req)
-    group = groups.start(GroupConfig(gpu_count=2, ulysses_degree=2, fsdp=True, timeout_s=60))
-    infos = group.call("load", path, "default")
-    (latent, stats0), (_, stats1) = group.call("sample", infos[0]["key"], req)
+    latent, stats, infos = start_load_sample(GroupConfig(gpu_count=2, ulysses_degree=2, fsdp=True, timeout_s=60),
+                                             path, req)
     total = sum(p.numel() for p in build_model("hunyuan_video").model.diffusion_model.parameters())
     assert all(0.45 * total <= info["local_params"] <= 0.55 * total for info in infos)   # FSDP really sharded
-    check(latent, expected, [stats0, stats1], "hunyuan_video", image_tokens((3, 6, 10)), "hunyuan_video + FSDP")
+    check(latent, expected, stats, "hunyuan_video", image_tokens((3, 6, 10)), "hunyuan_video + FSDP")
 
 
 @pytest.mark.parametrize("ulysses", [1, 2], ids=["fsdp", "ulysses2+fsdp"])
@@ -105,7 +100,7 @@ def test_joint_families_under_fsdp_equal_single_process(_tandem_session, checkpo
     expected = single_process(path, family, req)
     group = groups.start(GroupConfig(gpu_count=2, ulysses_degree=ulysses, fsdp=True, timeout_s=60))
     infos = group.call("load", path, "default", HEADS[family])
-    (latent, _), _ = group.call("sample", infos[0]["key"], req)
+    latent, _ = tandem_sample(group, path, req, unet_config=HEADS[family])     # the model just loaded, reused
     error = ((latent - expected).norm() / expected.norm()).item()
     print(f"{family}, Ulysses {ulysses} + FSDP: relative error {error:.2e}")
     assert error < 1e-4
@@ -121,11 +116,8 @@ def test_flux_ring2_equals_single_process(_tandem_session, checkpoint, case):
     req = request("flux", size, reference)
     expected = single_process(path, "flux", req)
     group = groups.start(GroupConfig(gpu_count=2, ulysses_degree=1, ring_degree=2, timeout_s=60))
-    key = group.call("load", path, "default", HEADS["flux"])[0]["key"]
-    (latent, stats0), (none, stats1) = group.call("sample", key, req)
-    assert none is None
-    check(latent, expected, [stats0, stats1], "flux", image_tokens(*filter(None, (size, reference))),
-          f"flux Ring 2 {case}")
+    latent, stats = tandem_sample(group, path, req, unet_config=HEADS["flux"])
+    check(latent, expected, stats, "flux", image_tokens(*filter(None, (size, reference))), f"flux Ring 2 {case}")
 
 
 @pytest.mark.parametrize("guidance", ["v1 (concat)", "v2 (replace)"])
@@ -145,6 +137,5 @@ def test_hunyuan_video_i2v_ulysses2_equal_single_process(tandem_group, checkpoin
         cond[0][1].update(image)
     path = str(checkpoint("hunyuan_video_i2v"))
     expected = single_process(path, "hunyuan_video_i2v", req)
-    key = tandem_group.call("load", path, "default")[0]["key"]
-    (latent, stats0), (_, stats1) = tandem_group.call("sample", key, req)
-    check(latent, expected, [stats0, stats1], "hunyuan_video_i2v", image_tokens(size), f"hunyuan_video_i2v {guidance}")
+    latent, stats = tandem_sample(tandem_group, path, req)
+    check(latent, expected, stats, "hunyuan_video_i2v", image_tokens(size), f"hunyuan_video_i2v {guidance}")

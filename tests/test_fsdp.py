@@ -5,7 +5,7 @@ import torch
 
 from tandem.parallel.degrees import GroupConfig
 from tandem.tests.checkpoints import build_model
-from tandem.tests.test_wan_usp import request, single_process
+from tandem.tests.test_wan_usp import SampleRequest, request, single_process, start_load_sample, tandem_sample
 from tandem.workers import group as groups
 
 SHAPE = (3, 6, 10)      # 45 tokens: odd, so Ulysses pads
@@ -22,13 +22,11 @@ def test_fsdp_equals_single_process_and_shards_weights(_tandem_session, checkpoi
     req = request("wan21_t2v", SHAPE, "dpmpp_2m")
     expected = single_process(path, "wan21_t2v", req)
 
-    group = groups.start(MODES[mode])
-    infos = group.call("load", path, "default")
-    (latent, _), (none, _) = group.call("sample", infos[0]["key"], req)
+    latent, _, infos = start_load_sample(MODES[mode], path, req)
 
     error = ((latent - expected).norm() / expected.norm()).item()
     print(f"{mode}: relative error {error:.2e}, local parameters {[i['local_params'] for i in infos]}")
-    assert none is None and error < 1e-4
+    assert latent.shape == expected.shape and error < 1e-4
     total = sum(p.numel() for p in build_model("wan21_t2v").model.diffusion_model.parameters())
     for info in infos:                                  # each worker holds its half of every sharded tensor
         assert 0.45 * total <= info["local_params"] <= 0.55 * total
@@ -73,9 +71,8 @@ def test_scaled_fp8_checkpoint_under_fsdp(_tandem_session, checkpoint, ulysses):
     req = request("wan21_t2v", SHAPE, "euler")
     expected = single_process(path, "wan21_t2v_scaled_fp8", req)
 
-    group = groups.start(GroupConfig(gpu_count=2, ulysses_degree=ulysses, fsdp=True, timeout_s=60))
-    infos = group.call("load", path, "default")
-    (latent, _), _ = group.call("sample", infos[0]["key"], req)
+    latent, _, infos = start_load_sample(GroupConfig(gpu_count=2, ulysses_degree=ulysses, fsdp=True, timeout_s=60),
+                                         path, req)
     error = ((latent - expected).norm() / expected.norm()).item()
     print(f"scaled fp8, Ulysses {ulysses} + FSDP: relative error {error:.2e}, dtypes {infos[0]['dtypes']}")
     assert error < 1e-4
@@ -85,8 +82,6 @@ def test_scaled_fp8_checkpoint_under_fsdp(_tandem_session, checkpoint, ulysses):
 def test_fsdp_alone_runs_a_family_without_an_adapter(_tandem_session, checkpoint):
     """FSDP needs no per-family code: LTXV, which sequence parallelism does not support, shards and matches.
     CFG 1: ComfyUI itself cannot batch LTXV's masked positive and negative on CPU (sub-quadratic attention)."""
-    from tandem.workers.sampling import SampleRequest
-
     path = str(checkpoint("ltxv"))
     g = torch.Generator().manual_seed(5)
     cond = lambda n: [[torch.randn(1, n, 4096, generator=g), {"attention_mask": torch.ones(1, n)}]]
@@ -94,9 +89,8 @@ def test_fsdp_alone_runs_a_family_without_an_adapter(_tandem_session, checkpoint
                         positive=cond(8), negative=cond(8), latent={"samples": torch.zeros(1, 128, 1, 4, 4)},
                         start_at_step=0, end_at_step=10000, return_with_leftover_noise=False)
     expected = single_process(path, "ltxv", req)
-    group = groups.start(GroupConfig(gpu_count=2, ulysses_degree=1, fsdp=True, timeout_s=60))
-    infos = group.call("load", path, "default")
-    (latent, _), _ = group.call("sample", infos[0]["key"], req)
+    latent, _, infos = start_load_sample(GroupConfig(gpu_count=2, ulysses_degree=1, fsdp=True, timeout_s=60), path,
+                                         req)
     error = ((latent - expected).norm() / expected.norm()).item()
     print(f"LTXV, FSDP over 2: relative error {error:.2e}, local parameters {[i['local_params'] for i in infos]}")
     assert error < 1e-4
@@ -114,7 +108,7 @@ def test_weights_read_once_per_host_and_broadcast(_tandem_session, checkpoint, f
 
     group = groups.start(GroupConfig(gpu_count=2, ulysses_degree=2, fsdp=fsdp, timeout_s=60))
     infos = group.call("load", path, "default", None, fanout)
-    (latent, _), _ = group.call("sample", infos[0]["key"], req)
+    latent, _ = tandem_sample(group, path, req, fanout=fanout)      # the model just loaded with that fan-out
     error = ((latent - expected).norm() / expected.norm()).item()
     read = [i["read_bytes"] for i in infos]
     print(f"{fanout}, FSDP {fsdp}: bytes read per rank {read}, relative error {error:.2e}")

@@ -14,8 +14,8 @@ from gguf import GGMLQuantizationType as Q
 from safetensors.torch import load_file, save_file
 
 from tandem.parallel.degrees import GroupConfig, TandemConfigError
-from tandem.tests.test_lora import comfyui_sample, make_lora
-from tandem.tests.test_wan_usp import relative, request, single_process, start_load_sample
+from tandem.tests.test_lora import comfyui_sample, make_lora, with_loras
+from tandem.tests.test_wan_usp import ksampler, relative, request, single_process, start_load_sample
 
 SHAPE = (3, 6, 10)
 
@@ -56,9 +56,9 @@ def test_gguf_equals_comfyui_on_the_dequantized_weights(_tandem_session, files, 
     path, reference = files
     req = request("wan21_t2v", SHAPE, "euler")
     expected = single_process(str(reference), "wan21_t2v", req)
-    results, (info, _) = start_load_sample(GroupConfig(gpu_count=2, ulysses_degree=2, fsdp=fsdp, timeout_s=60),
-                                           str(path), req)
-    error = relative(results[0][0], expected)
+    latent, _, (info, _) = start_load_sample(GroupConfig(gpu_count=2, ulysses_degree=2, fsdp=fsdp, timeout_s=60),
+                                             str(path), req)
+    error = relative(latent, expected)
     print(f"GGUF, {'Ulysses 2 + FSDP' if fsdp else 'Ulysses 2'}: {info['model']}, {info['dtypes']}, "
           f"{info['local_params']} local parameters, relative error {error:.2e}")
     assert info["model"] == "WAN21_T2V" and error < 1e-4
@@ -77,11 +77,12 @@ def test_truncated_gguf_fails_in_one_line(tandem_group, files, tmp_path):
 def test_lora_on_a_gguf_model(tandem_group, files, tmp_path):
     """LoRA patches start from the GGUF file's dequantized tensors (the workers' lazy reader), as ComfyUI's start
     from the dequantized file."""
+    from tandem.nodes.loader import load as load_model
+
     path, reference = files
     req = request("wan21_t2v", SHAPE, "euler")
-    req.loras = ((str(make_lora("wan21_t2v", tmp_path / "lora.safetensors", seed=4)), 0.9),)
-    key = tandem_group.call("load", str(path), "default")[0]["key"]
-    latent = tandem_group.call("sample", key, req)[0][0]
-    error = relative(latent, comfyui_sample(str(reference), "wan21_t2v", req.loras, req))
+    loras = ((str(make_lora("wan21_t2v", tmp_path / "lora.safetensors", seed=4)), 0.9),)
+    latent = ksampler(with_loras(load_model(tandem_group, str(path)), loras), req)
+    error = relative(latent, comfyui_sample(str(reference), "wan21_t2v", loras, req))
     print(f"GGUF + LoRA: relative error {error:.2e}")
     assert error < 1e-4

@@ -37,13 +37,13 @@ def test_workers_equal_single_process(_tandem_session, checkpoint, layout):
     req = request("wan21_t2v", SHAPE, "euler")
     expected = single_process(path, family, req)
 
-    results, infos = start_load_sample(config, path, req)
-    error = relative(results[0][0], expected)
-    print(f"{layout}: relative error {error:.2e}, block tokens {[r[1].get('block_tokens') for r in results]}, "
+    latent, stats, infos = start_load_sample(config, path, req)
+    error = relative(latent, expected)
+    print(f"{layout}: relative error {error:.2e}, block tokens {[s.get('block_tokens') for s in stats]}, "
           f"local parameters {[i['local_params'] for i in infos]}")
-    assert all(r[0] is None for r in results[1:]) and error < 1e-4
+    assert len(stats) == config.gpu_count and latent.shape == expected.shape and error < 1e-4
     if config.sequence_degree > 1:
-        assert all(r[1]["block_tokens"] == [math.ceil(45 / config.sequence_degree)] for r in results)
+        assert all(s["block_tokens"] == [math.ceil(45 / config.sequence_degree)] for s in stats)
     if config.fsdp:
         total = sum(p.numel() for p in build_model(family).model.diffusion_model.parameters())
         assert all(0.8 / config.gpu_count <= i["local_params"] / total <= 1.2 / config.gpu_count for i in infos)

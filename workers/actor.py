@@ -154,6 +154,7 @@ class Worker:
         """Run one job (``workers.job``) on a clone of the resident model, on this replica's rows of the batch; each
         replica's first rank returns its rows of the latent (``gather_latent`` joins them), every rank returns what
         it computed on. Rank 0 keeps each step's x0 and x for the host's callback (``steps``)."""
+        started = time.perf_counter()
         patcher = self.models[key].clone()
         job: Job = transport.unpack(packed, partial(self._resolve, patcher))
         job.apply(patcher)
@@ -191,7 +192,8 @@ class Worker:
             job.take_rows(rows)
         samples = job.run(on_step)[:own]
         stats = {"rank": self.rank, "rows": self._rows, **(shard.stats() if shard else {}),
-                 "step_s": [b - a for a, b in zip(step_ends, step_ends[1:])]}
+                 "step_s": [b - a for a, b in zip(step_ends, step_ends[1:])],
+                 "setup_s": step_ends[0] - started, "run_s": time.perf_counter() - step_ends[0]}
         if self.device.type == "cuda":
             stats["peak_vram_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         leads = data.leads_replica(self.config, self.rank) and len(samples)
