@@ -80,8 +80,8 @@ def markdown(data: dict) -> str:
         "```", m["command"], "```", "",
         f"{m['gpu_count']}× {m['gpu']}, link {m['link']}, driver {m['driver']}; torch {m['torch']}, NCCL {m['nccl']}, "
         f"Ray {m['ray']}, ComfyUI {m['comfyui']}, xfuser {m['xfuser']}, Python {m['python']}.", "",
-        f"bf16 random weights with the real layout; euler, simple; every cell samples with ComfyUI's KSamplerAdvanced, "
-        "on Load Diffusion Model's MODEL (ComfyUI) or Tandem Model Loader's (Tandem). Each cell: start, load, a "
+        "bf16 random weights with the real layout; euler, simple; every cell samples with what ComfyUI's "
+        "KSamplerAdvanced runs (comfy.sample.sample), on Load Diffusion Model's MODEL (ComfyUI) or Tandem Model Loader's (Tandem). Each cell: start, load, a "
         f"1-step first prompt (ComfyUI moves the weights to the GPU here), the same again {repeats} times (repeat "
         f"prompt s: their median wall time), 2 steps, {data['steps']} steps. "
         f"s/step: median step of the {data['steps']}-step run, and (t{data['steps']} − t2) / {data['steps'] - 2} "
