@@ -35,9 +35,14 @@ def model_files() -> list[str]:
 def load(group: Group, path: str, weight_dtype: str = "default", unet_config: dict | None = None,
          fanout: str | None = None) -> standin.StandInPatcher:
     """Load ``path`` in every worker and return the host's MODEL for it. ``unet_config`` and ``fanout`` are the
-    workers' ``load`` options (tests and benchmarks)."""
+    workers' ``load`` options (tests and benchmarks). The host detects the model first, from the file's header, so
+    a file ComfyUI does not recognise fails before any worker reads it."""
+    try:
+        model = standin.model_on_meta(path, weight_dtype, unet_config)
+    except TandemConfigError as e:
+        raise TandemError(str(e)) from None
     info = group.call("load", path, weight_dtype, unet_config, fanout)[0]
-    return standin.build(group, path, info["key"], weight_dtype, unet_config)
+    return standin.patcher(group, model, info["key"])
 
 
 class TandemModelLoader:

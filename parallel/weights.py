@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
 from . import gguf
+from .degrees import TandemConfigError
 from .staging import FileRanges, Stager
 
 
@@ -64,12 +65,12 @@ def model_options(weight_dtype: str) -> dict:
 WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2", "bf16", "fp16")
 
 
-def build_on_meta(sd: dict, metadata: dict | None, model_options: dict, unet_config: dict | None = None
-                  ) -> tuple[comfy.model_base.BaseModel, dict] | tuple[None, None]:
+def build_on_meta(name: str, sd: dict, metadata: dict | None, model_options: dict, unet_config: dict | None = None
+                  ) -> tuple[comfy.model_base.BaseModel, dict]:
     """ComfyUI's ``load_diffusion_model_state_dict`` up to the model's construction, with the DiT on ``meta``.
 
-    Detection, dtype choice and operations are ComfyUI's; only the placement differs. None when ComfyUI's
-    detection does not recognise the layout (diffusers-format files: the caller falls back to ComfyUI's loader).
+    Detection, dtype choice and operations are ComfyUI's; only the placement differs. A layout ComfyUI's detection
+    does not recognise (another kind of model, a diffusers-format file) is a one-line error about the file ``name``.
     ``unet_config`` overrides what detection infers (tests build tiny Flux/Qwen-Image files whose head count
     detection cannot infer). Returns the model and the state dict with ComfyUI's key processing applied.
     """
@@ -78,7 +79,9 @@ def build_on_meta(sd: dict, metadata: dict | None, model_options: dict, unet_con
     sd = stripped or sd
     model_config = comfy.model_detection.model_config_from_unet(sd, "", metadata=metadata)
     if model_config is None:
-        return None, None
+        raise TandemConfigError(f"{name} is not a diffusion model ComfyUI detects from its weights' names (a text "
+                                "encoder, a VAE, or a diffusers-format file?): pick a diffusion model in ComfyUI's "
+                                "single-file format")
     model_config.unet_config.update(unet_config or {})
     load_device = comfy.model_management.get_torch_device()
     weight_dtype = None if model_config.scaled_fp8 is not None else comfy.utils.weight_dtype(sd)

@@ -110,10 +110,7 @@ class Worker:
         else:
             sd, metadata = weights.open_checkpoint(path)
             ranges = FileRanges(path, sd) if path.lower().endswith((".safetensors", ".sft")) else None
-            model, sd = weights.build_on_meta(sd, metadata, options, unet_config)
-        if model is None:
-            raise TandemConfigError(f"{os.path.basename(path)} is not in a layout ComfyUI detects from its weights' "
-                                    "names (a diffusers-format file?): convert it to ComfyUI's single-file format")
+            model, sd = weights.build_on_meta(os.path.basename(path), sd, metadata, options, unet_config)
         diffusion_model = model.diffusion_model
         shard = None
         sequence, ulysses, ring = self.sequence_groups
@@ -141,10 +138,7 @@ class Worker:
         """A GGUF file's model on ``meta`` (detected from shape-only stand-ins) and its lazily dequantized tensors."""
         tensors = gguf.read(path)
         meta = gguf.meta_state_dict(tensors)
-        model, processed = weights.build_on_meta(dict(meta), None, options, unet_config)
-        if model is None:
-            raise TandemConfigError(f"{os.path.basename(path)} is not a diffusion model ComfyUI detects from its "
-                                    "tensor names: it is another kind of GGUF file (e.g. a text encoder)")
+        model, processed = weights.build_on_meta(os.path.basename(path), dict(meta), None, options, unet_config)
         return model, gguf.LazyStateDict(tensors, gguf.model_names(meta, processed))
 
     def _count_rows(self, module, args) -> None:

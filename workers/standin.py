@@ -43,18 +43,19 @@ class StandInPatcher(comfy.model_patcher.ModelPatcher):
     partially_load = load
 
 
-def build(group: Group, path: str, key: tuple, weight_dtype: str, unet_config: dict | None = None) -> StandInPatcher:
-    """The host's MODEL for the workers' model ``key`` loaded from ``path``."""
-    model, _ = weights.build_on_meta(*weights.header_state_dict(path), weights.model_options(weight_dtype),
-                                     unet_config)
-    if model is None:
-        raise TandemError(f"{os.path.basename(path)} is not in a layout ComfyUI detects from its weights' names (a "
-                          "diffusers-format file?): convert it to ComfyUI's single-file format")
-    patcher = StandInPatcher(model, load_device=comfy.model_management.get_torch_device(),
+def model_on_meta(path: str, weight_dtype: str, unet_config: dict | None = None) -> torch.nn.Module:
+    """ComfyUI's model object for ``path``, detected from the file's header, with the diffusion model on ``meta``."""
+    return weights.build_on_meta(os.path.basename(path), *weights.header_state_dict(path),
+                                 weights.model_options(weight_dtype), unet_config)[0]
+
+
+def patcher(group: Group, model: torch.nn.Module, key: tuple) -> StandInPatcher:
+    """The host's MODEL around ``model`` for the workers' model ``key``."""
+    standin = StandInPatcher(model, load_device=comfy.model_management.get_torch_device(),
                              offload_device=comfy.model_management.unet_offload_device())
-    patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY,
+    standin.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY,
                                  RemoteSampling(group, key, model))
-    return patcher
+    return standin
 
 
 class RemoteSampling:
