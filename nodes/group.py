@@ -49,14 +49,29 @@ class TandemInit:
 class TandemShutdown:
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"group": ("TANDEM_GROUP",)}}
+        return {"required": {"group": ("TANDEM_GROUP",)}, "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}}
 
     RETURN_TYPES = ()
     FUNCTION = "stop"
     OUTPUT_NODE = True
     CATEGORY = CATEGORY
-    DESCRIPTION = "Stops the Tandem workers (and the Ray head if Tandem started it), freeing the GPUs."
+    DESCRIPTION = ("Stops the Tandem workers (and the Ray head if Tandem started it), freeing the GPUs. Queue it in "
+                   "a prompt of its own: ComfyUI does not order it after the nodes that use the group.")
 
-    def stop(self, group):
+    def stop(self, group, prompt: dict | None = None, unique_id: str | None = None):
+        users = _other_users(prompt or {}, str(unique_id))
+        if users:
+            raise groups.TandemError(f"Tandem Shutdown is in the same prompt as {', '.join(users)}, which use its "
+                                     "group, and could stop the workers under them: queue Tandem Shutdown in a prompt "
+                                     "of its own")
         groups.shutdown()
         return ()
+
+
+def _other_users(prompt: dict, shutdown_id: str) -> list[str]:
+    """The other nodes of ``prompt`` fed by the Tandem Init that feeds this Tandem Shutdown."""
+    link = prompt.get(shutdown_id, {}).get("inputs", {}).get("group")
+    init_id = str(link[0]) if isinstance(link, list) else None
+    return sorted(f"{node.get('class_type')} (node {node_id})" for node_id, node in prompt.items()
+                  if node_id != shutdown_id and any(isinstance(value, list) and str(value[0]) == init_id
+                                                    for value in node.get("inputs", {}).values()))

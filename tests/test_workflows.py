@@ -265,6 +265,20 @@ def ray_processes(server: ComfyServer) -> list[str]:
     return [name for name in names if name in ("raylet", "gcs_server")]
 
 
+def test_shutdown_in_a_prompt_that_samples_is_refused_and_tandem_keeps_working(comfy_server, install, init_node):
+    """ComfyUI does not order Tandem Shutdown after the nodes that use the group: in the same prompt it could stop the
+    workers under them (and Ray would then start a cluster of its own). It refuses in one line; the group lives."""
+    prompt = tandem_prompt(init_node, install("wan21_t2v"), (32, 32, 9), next(_seeds), "with_shutdown")
+    prompt["stop"] = {"class_type": "TandemShutdown", "inputs": {"group": ["init", 0]}}
+    error = comfy_server.wait_error(comfy_server.post_prompt(prompt), timeout=120)
+    message = error["exception_message"].strip()
+    print(f"{error['node_type']}: {message}")
+    assert error["node_type"] == "TandemShutdown" and "\n" not in message
+    assert message.startswith("Tandem Shutdown is in the same prompt as TandemModelLoader (node load)")
+    assert message.endswith("queue Tandem Shutdown in a prompt of its own")
+    assert_group_still_samples(comfy_server, install, init_node, cached=True)
+
+
 def test_shutdown_stops_group_and_ray(comfy_server, install, init_node):
     """Runs last: Tandem Shutdown stops the server's group and the Ray head Tandem started there."""
     assert_group_still_samples(comfy_server, install, init_node, cached=None)

@@ -3,16 +3,18 @@
 At most one group runs per ComfyUI process. ``fingerprint`` feeds Tandem Init's IS_CHANGED, so ComfyUI's
 cache reuses a healthy group with the same settings and re-runs the graph after a change or a lost worker.
 """
-import hashlib
+import atexit
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 import comfy.model_management
+import psutil
 import ray
 import torch
 from ray.util.placement_group import placement_group, remove_placement_group
@@ -29,6 +31,9 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DIRS = ("nodes", "workers", "parallel", "models")
 FORWARDED_ENV = ("NCCL_", "TORCH_", "PYTORCH_", "CUDA_LAUNCH_BLOCKING", "NVSHMEM_")
 ERROR_GRACE_S = 10.0
+CONNECT_TIMEOUT_S = 10.0     # a cluster address must answer within this (or the collective timeout, if shorter)
+HUNG_S = 30.0                # a worker that answers no ping for this long (or the collective timeout) is hung
+CPU_WORKER_GB = 1.0          # host memory one CPU worker may need (~0.5 GB private, plus its share of a model)
 
 
 _current: "Group | None" = None
@@ -40,24 +45,18 @@ def stage_package() -> str:
     """Copy Tandem's Python files into a folder named ``tandem`` for Ray's ``py_modules``.
 
     The checkout may be named anything (``ComfyUI-Tandem``, ...); workers on every host import it as ``tandem``.
-    The folder name carries a hash of the contents, so an unchanged tree is staged and uploaded once.
+    The folder is new and private to this process (``mkdtemp``: mode 0700, owned by us), never a path another local
+    user could have prepared with code of their own; Ray uploads it by content hash, so staging it again costs
+    nothing there. It is removed at exit.
     """
     files = [PACKAGE_ROOT / "__init__.py"] + sorted(
         p for d in PACKAGE_DIRS for p in (PACKAGE_ROOT / d).glob("*.py"))
-    digest = hashlib.sha256()
+    staging = Path(tempfile.mkdtemp(prefix="tandem-pkg-"))
+    atexit.register(shutil.rmtree, staging, True)
+    target = staging / "tandem"
     for f in files:
-        digest.update(str(f.relative_to(PACKAGE_ROOT)).encode() + b"\0" + f.read_bytes())
-    target = Path(tempfile.gettempdir()) / f"tandem-pkg-{digest.hexdigest()[:16]}" / "tandem"
-    if not target.is_dir():
-        staging = Path(tempfile.mkdtemp(dir=tempfile.gettempdir()))
-        for f in files:
-            (staging / f.relative_to(PACKAGE_ROOT)).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(f, staging / f.relative_to(PACKAGE_ROOT))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            staging.rename(target)
-        except OSError:            # another process staged the same tree first
-            shutil.rmtree(staging)
+        (target / f.relative_to(PACKAGE_ROOT)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, target / f.relative_to(PACKAGE_ROOT))
     return str(target)
 
 
@@ -75,9 +74,26 @@ def _cpu_slots(workers: int) -> int | None:
     return None if torch.cuda.is_available() else max(os.cpu_count() or 1, workers)
 
 
-def _connect(address: str, workers: int) -> str:
+def _check_reachable(address: str, timeout_s: float) -> None:
+    """A cluster address whose port does not answer is one line within ``timeout_s``: ``ray.init`` itself retries
+    such an address for ever, and ComfyUI's queue would wait behind it."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as e:
+        raise TandemError(f"cannot reach a Ray cluster at {address!r} ({type(e).__name__}: {e}): check the Ray "
+                          "address in Tandem Init (host:port of the Ray head, e.g. 10.0.0.5:6379), or use "
+                          "'local'") from None
+
+
+def _connect(address: str, workers: int, timeout_s: float) -> str:
     """Connect to Ray (starting a private head on this machine for ``local``); return the resource unit."""
     global _ray_address
+    if address != "local" and _ray_address != address:
+        _check_reachable(address, min(timeout_s, CONNECT_TIMEOUT_S))
     if ray.is_initialized() and _ray_address not in (None, address):
         shutdown_ray()
     slots = _cpu_slots(workers) if address == "local" else None
@@ -101,6 +117,28 @@ def _connect(address: str, workers: int) -> str:
     return "GPUs" if ray.cluster_resources().get("GPU", 0) >= 1 else "CPUs"
 
 
+class _Pings:
+    """Keeps one ping in flight to every worker while a call runs. A busy worker answers on another of its threads;
+    one whose ping stays unanswered for ``limit`` seconds is stopped or wedged, and its peers wait on it in a
+    collective: without this the call would only end at the collective timeout, with no word on which worker."""
+
+    def __init__(self, actors: list, limit: float):
+        self.actors, self.limit = actors, limit
+        self.sent: dict[int, tuple] = {}         # rank -> (ping ref, when sent)
+
+    def hung(self) -> int | None:
+        now = time.monotonic()
+        for rank, actor in enumerate(self.actors):
+            ref, sent_at = self.sent.get(rank, (None, now))
+            if ref is not None and not ray.wait([ref], timeout=0)[0]:
+                if now - sent_at > self.limit:
+                    return rank
+                continue
+            if ref is None or now - sent_at > 1.0:
+                self.sent[rank] = actor.ping.remote(), now
+        return None
+
+
 class Group:
     """N actors, rank i on bundle i of one placement group, all in one torch.distributed group."""
 
@@ -108,7 +146,7 @@ class Group:
         self.config = config
         self.stopped = False
         self.last_stats: list[dict] = []      # every rank's statistics of the last job (tests, benchmarks)
-        self.unit = _connect(config.ray_address, config.gpu_count)
+        self.unit = _connect(config.ray_address, config.gpu_count, config.timeout_s)
         available = int(ray.cluster_resources().get(self.unit[:-1], 0))
         validate_available(config, available, self.unit)
         on_gpu = self.unit == "GPUs"
@@ -135,9 +173,9 @@ class Group:
                            ).remote(i, config.as_dict())
             for i in range(config.gpu_count)]
         try:
-            host, port = self.get([self.actors[0].address.remote()])[0]
+            host, port = self.get([self.actors[0].address.remote()], watch=False)[0]
             host = "127.0.0.1" if config.ray_address == "local" else host   # one machine: rendezvous on loopback
-            self.workers = self.get([a.join.remote(host, port) for a in self.actors])
+            self.workers = self.get([a.join.remote(host, port) for a in self.actors], watch=False)
         except Exception:
             self.stop()
             raise
@@ -145,14 +183,16 @@ class Group:
         for warning in sorted({w for info in self.workers for w in info["warnings"]}):
             log.warning("Tandem: %s", warning)
 
-    def get(self, refs: list, on_poll: Callable[[], None] | None = None) -> list:
+    def get(self, refs: list, on_poll: Callable[[], None] | None = None, watch: bool = True) -> list:
         """Results of one call on several actors, as one-line errors; never waits past the timeout.
 
         When one rank fails while others keep running, those others are stuck in a collective: the group
-        is stopped (the next prompt starts a new one) instead of leaving them hanging.
+        is stopped (the next prompt starts a new one) instead of leaving them hanging. So it is when a worker stops
+        answering (``_Pings``; ``watch`` is off while the workers start, as one still importing cannot answer).
         """
         deadline = time.monotonic() + self.config.timeout_s
         pending, errors, first_error_at = list(refs), [], None
+        pings = _Pings(self.actors if watch else [], min(HUNG_S, self.config.timeout_s))
         while pending:
             done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.2)
             for ref in done:
@@ -165,6 +205,11 @@ class Group:
                 self.lose()
                 raise TandemError(f"{_one_line(errors[0])} (a worker failed mid-job; "
                                   "the group was stopped and restarts on the next run)") from None
+            hung = pings.hung() if pending else None
+            if hung is not None:
+                self.lose()
+                raise TandemError(f"Tandem worker {hung} stopped responding (no answer for {pings.limit:.0f} s: "
+                                  "stopped, swapping or wedged); the group was stopped and restarts on the next run")
             if pending and time.monotonic() > deadline:
                 self.lose()
                 raise TandemError(f"Tandem workers did not finish within {self.config.timeout_s} s; the group was "
@@ -201,7 +246,11 @@ class Group:
         raise TandemError(_one_line(errors[0])) from None
 
     def call(self, method: str, *args, on_poll: Callable[[], None] | None = None) -> list:
-        """Call ``method`` on every actor with the same arguments (put once in the object store)."""
+        """Call ``method`` on every actor with the same arguments (put once in the object store). A stopped group
+        refuses: a Ray call after ``ray.shutdown`` would start a cluster without Tandem's package."""
+        if self.stopped:
+            raise TandemError("this Tandem group was stopped (Tandem Shutdown, or a lost worker): run the prompt "
+                              "again to start a new one, and put Tandem Shutdown in a prompt of its own")
         refs = [ray.put(a) if not isinstance(a, (int, str, float, bool, tuple)) else a for a in args]
         return self.get([getattr(actor, method).remote(*refs) for actor in self.actors], on_poll=on_poll)
 
@@ -263,10 +312,24 @@ def fingerprint(config: GroupConfig) -> str:
     return f"{config}#{_epoch}"
 
 
+def _check_cpu_workers(config: GroupConfig) -> None:
+    """Without GPUs every worker is a CPU process of its own: refuse, before starting any, more than this host can
+    hold (four per core, one per GB of free memory)."""
+    if config.ray_address != "local" or torch.cuda.is_available():
+        return
+    cores, free_gb = os.cpu_count() or 1, psutil.virtual_memory().available / 2**30
+    limit = max(1, min(4 * cores, int(free_gb / CPU_WORKER_GB)))
+    if config.gpu_count > limit:
+        raise TandemConfigError(f"GPU count {config.gpu_count} would start {config.gpu_count} CPU workers on this "
+                                f"machine without GPUs, which holds at most {limit} ({cores} cores, {free_gb:.0f} GB "
+                                f"free): set GPU count to {limit} or fewer")
+
+
 def start(config: GroupConfig) -> Group:
     """The running group if it has these settings and every actor answers, else a fresh one."""
     global _current
     validate(config)
+    _check_cpu_workers(config)
     if _current is not None:
         if _current.config == config and _current.alive():
             return _current

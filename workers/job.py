@@ -7,6 +7,7 @@ model and carries on where the host stopped: the same OUTER_SAMPLE wrappers (Tan
 then the guider's ``outer_sample``, so guiders, samplers, CFG math and every patch run as ComfyUI's own code, once per
 rank, and nothing of ``sample``'s preparation runs twice.
 """
+import math
 from dataclasses import dataclass
 
 import comfy.patcher_extension
@@ -46,6 +47,7 @@ class Job:
     @classmethod
     def of(cls, guider, noise, latent_image, sampler, sigmas, denoise_mask, seed, latent_shapes,
            previews: bool) -> "Job":
+        _check_finite(guider)
         state = {name: getattr(guider.model_patcher, name) for name in PATCHER_STATE}
         return cls(guider, state, noise, latent_image, sampler, sigmas, denoise_mask, seed, latent_shapes, previews)
 
@@ -72,6 +74,19 @@ class Job:
                                     callback, True, self.seed, latent_shapes=self.latent_shapes)
         finally:
             guider.model_patcher.restore_hook_patches()
+
+
+def _check_finite(guider) -> None:
+    """A NaN or infinite cfg or LoRA strength makes an all-NaN latent many minutes later: refuse it now."""
+    for name in ("cfg", "cfg1", "cfg2", "neg_scale"):
+        value = getattr(guider, name, None)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise TandemError(f"the sampler's {name} is {value}: set it to a number")
+    for key, patches in guider.model_patcher.patches.items():
+        for strength_patch, _, strength_model, *_ in patches:
+            if not all(math.isfinite(s) for s in (strength_patch, strength_model) if isinstance(s, (int, float))):
+                raise TandemError(f"a LoRA strength on {key} is {strength_patch * strength_model}: set the LoRA "
+                                  "node's strength to a number")
 
 
 def pack(job: Job, reference, files: bool) -> bytes:

@@ -1,0 +1,121 @@
+"""Faults a hostile or unlucky user meets, each a one-line error in bounded time after which Tandem works again:
+an unreachable Ray address, more CPU workers than the host holds, a hung worker, NaN settings, a stopped group, and
+the package staging folder another local user could have prepared."""
+import os
+import signal
+import stat
+import threading
+import time
+
+import pytest
+import ray
+import torch
+
+from tandem.parallel.degrees import GroupConfig, TandemConfigError, TandemError
+from tandem.tests.test_wan_usp import ksampler, request
+from tandem.workers import group as groups
+
+CONFIG = GroupConfig(gpu_count=2, ulysses_degree=2, timeout_s=60)
+
+
+def test_unreachable_ray_address_fails_fast_and_local_still_works(_tandem_session, checkpoint):
+    """ray.init retries an address that does not answer for ever; Tandem Init answers in one line instead."""
+    started = time.monotonic()
+    with pytest.raises(TandemError, match=r"^cannot reach a Ray cluster at '127\.0\.0\.1:1' .*check the Ray address "
+                                          r"in Tandem Init") as error:
+        groups.start(GroupConfig(gpu_count=2, ulysses_degree=2, timeout_s=60, ray_address="127.0.0.1:1"))
+    waited = time.monotonic() - started
+    print(f"{waited:.2f} s: {error.value}")
+    assert waited < groups.CONNECT_TIMEOUT_S + 5 and "\n" not in str(error.value)
+    from tandem.nodes.loader import load
+
+    latent = ksampler(load(groups.start(CONFIG), str(checkpoint("wan21_t2v"))), request("wan21_t2v", (3, 8, 8), "euler"))
+    assert torch.isfinite(latent).all()
+
+
+def test_more_cpu_workers_than_the_host_holds_is_refused_before_starting(_tandem_session):
+    if torch.cuda.is_available():
+        pytest.skip("CPU workers are the no-GPU case")
+    before = groups.current()
+    with pytest.raises(TandemConfigError, match=r"^GPU count 99 would start 99 CPU workers on this machine without "
+                                                r"GPUs, which holds at most \d+ .*: set GPU count to \d+ or fewer$"):
+        groups.start(GroupConfig(gpu_count=99, ulysses_degree=1, timeout_s=60))
+    assert groups.current() is before          # nothing was stopped or started
+
+
+def test_hung_worker_is_named_and_the_group_replaced(_tandem_session, checkpoint):
+    """A stopped (SIGSTOP) worker: the job fails naming it after ~timeout (20 s here), not with a raw Ray error; the
+    next run starts a new group that samples."""
+    from tandem.nodes.loader import load
+
+    config = GroupConfig(gpu_count=2, ulysses_degree=2, timeout_s=20)
+    group = groups.start(config)
+    path = str(checkpoint("wan21_t2v"))
+    model = load(group, path)
+    stopped_at = []
+
+    def stop_worker_1():
+        while not stopped_at:
+            if ray.get(group.actors[0].progress.remote())[0] >= 2:
+                os.kill(group.workers[1]["pid"], signal.SIGSTOP)
+                stopped_at.append(time.monotonic())
+            time.sleep(0.02)
+
+    long = request("wan21_t2v", (3, 8, 8), "euler")
+    long.steps = 400
+    threading.Thread(target=stop_worker_1, daemon=True).start()
+    try:
+        with pytest.raises(TandemError, match=r"^Tandem worker 1 stopped responding \(no answer for 20 s") as error:
+            ksampler(model, long)
+    finally:
+        if stopped_at:
+            try:
+                os.kill(group.workers[1]["pid"], signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    waited = time.monotonic() - stopped_at[0]
+    print(f"error {waited:.1f} s after SIGSTOP: {error.value}")
+    assert "\n" not in str(error.value) and waited < 2 * config.timeout_s
+    fresh = groups.start(config)
+    assert fresh is not group
+    assert torch.isfinite(ksampler(load(fresh, path), request("wan21_t2v", (3, 8, 8), "euler"))).all()
+
+
+def test_nan_cfg_and_nan_lora_strength_are_refused(tandem_group, checkpoint, tmp_path):
+    import comfy.sd
+    import comfy.utils
+
+    from tandem.nodes.loader import load
+    from tandem.tests.test_lora import make_lora
+
+    model = load(tandem_group, str(checkpoint("wan21_t2v")))
+    req = request("wan21_t2v", (3, 8, 8), "euler")
+    req.cfg = float("nan")
+    with pytest.raises(TandemError, match=r"^the sampler's cfg is nan: set it to a number$"):
+        ksampler(model, req)
+    lora = comfy.utils.load_torch_file(str(make_lora("wan21_t2v", tmp_path / "l.safetensors", 1)))
+    patched = comfy.sd.load_lora_for_models(model, None, lora, float("nan"), 0)[0]
+    with pytest.raises(TandemError, match=r"^a LoRA strength on .* is nan: set the LoRA node's strength to a number$"):
+        ksampler(patched, request("wan21_t2v", (3, 8, 8), "euler"))
+    assert torch.isfinite(ksampler(model, request("wan21_t2v", (3, 8, 8), "euler"))).all()
+
+
+def test_a_stopped_group_makes_no_ray_call(_tandem_session):
+    """After Tandem Shutdown nothing of Tandem's may call Ray: Ray would start a cluster of its own, without
+    Tandem's package, and every later Tandem Init would fail."""
+    group = groups.start(CONFIG)
+    groups.shutdown()
+    with pytest.raises(TandemError, match=r"^this Tandem group was stopped"):
+        group.call("ping")
+    assert not ray.is_initialized()
+
+
+def test_package_is_staged_in_a_private_new_folder(tmp_path):
+    """Code another local user put where Tandem stages its package is never what the workers import."""
+    first, second = groups.stage_package(), groups.stage_package()
+    assert first != second
+    for staged in (first, second):
+        folder = os.path.dirname(staged)
+        info = os.stat(folder)
+        assert info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) == 0o700
+        assert os.path.isfile(os.path.join(staged, "workers", "group.py"))
