@@ -44,8 +44,8 @@ def test_more_cpu_workers_than_the_host_holds_is_refused_before_starting(_tandem
 
 
 def test_hung_worker_is_named_and_the_group_replaced(_tandem_session, checkpoint):
-    """A stopped (SIGSTOP) worker: the job fails naming it after ~timeout (20 s here), not with a raw Ray error; the
-    next run starts a new group that samples."""
+    """A stopped (SIGSTOP) worker: the job fails naming it after half the timeout (10 s here), not with a raw Ray
+    error; the next run starts a new group that samples."""
     from tandem.nodes.loader import load
 
     config = GroupConfig(gpu_count=2, ulysses_degree=2, timeout_s=20)
@@ -65,7 +65,7 @@ def test_hung_worker_is_named_and_the_group_replaced(_tandem_session, checkpoint
     long.steps = 400
     threading.Thread(target=stop_worker_1, daemon=True).start()
     try:
-        with pytest.raises(TandemError, match=r"^Tandem worker 1 stopped responding \(no answer for 20 s") as error:
+        with pytest.raises(TandemError, match=r"^Tandem worker 1 stopped responding \(no answer for 10 s") as error:
             ksampler(model, long)
     finally:
         if stopped_at:
@@ -75,7 +75,7 @@ def test_hung_worker_is_named_and_the_group_replaced(_tandem_session, checkpoint
                 pass
     waited = time.monotonic() - stopped_at[0]
     print(f"error {waited:.1f} s after SIGSTOP: {error.value}")
-    assert "\n" not in str(error.value) and waited < 2 * config.timeout_s
+    assert "\n" not in str(error.value) and waited < config.timeout_s
     fresh = groups.start(config)
     assert fresh is not group
     assert torch.isfinite(ksampler(load(fresh, path), request("wan21_t2v", (3, 8, 8), "euler"))).all()

@@ -32,7 +32,7 @@ PACKAGE_DIRS = ("nodes", "workers", "parallel", "models")
 FORWARDED_ENV = ("NCCL_", "TORCH_", "PYTORCH_", "CUDA_LAUNCH_BLOCKING", "NVSHMEM_")
 ERROR_GRACE_S = 10.0
 CONNECT_TIMEOUT_S = 10.0     # a cluster address must answer within this (or the collective timeout, if shorter)
-HUNG_S = 30.0                # a worker that answers no ping for this long (or the collective timeout) is hung
+HUNG_S = 30.0                # a worker that answers no ping for this long (or half the collective timeout) is hung
 CPU_WORKER_GB = 1.0          # host memory one CPU worker may need (~0.5 GB private, plus its share of a model)
 
 
@@ -192,7 +192,7 @@ class Group:
         """
         deadline = time.monotonic() + self.config.timeout_s
         pending, errors, first_error_at = list(refs), [], None
-        pings = _Pings(self.actors if watch else [], min(HUNG_S, self.config.timeout_s))
+        pings = _Pings(self.actors if watch else [], min(HUNG_S, self.config.timeout_s / 2))
         while pending:
             done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.2)
             for ref in done:
