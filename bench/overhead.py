@@ -2,7 +2,7 @@
 
     python bench/overhead.py [--model flux-12b] [--prompts 8] [--steps 1]
 
-Per prompt: the host's wall time, packing the job (``workers.job.pack``), the worker's setup (unpacking, applying the
+The group's start and the load, then per prompt (the first, and the median repeat): the host's wall time, packing the job (``workers.job.pack``), the worker's setup (unpacking, applying the
 patcher state) and run (``outer_sample`` with its steps), and the steps themselves; what is left is Ray's round
 trips, the poll for each step's callback and returning the latent. Tandem on one worker, weights from the benchmark
 cache (generated if missing).
@@ -46,8 +46,12 @@ def main() -> None:
             packing.append(time.perf_counter() - t)
 
     jobs.pack = timed_pack
+    t = time.perf_counter()
     group = groups.start(GroupConfig(gpu_count=1, ulysses_degree=1, timeout_s=600))
+    start_s = time.perf_counter() - t
+    t = time.perf_counter()
     tandem_model = load(group, path)
+    load_s = time.perf_counter() - t
     inputs = conditioning(model, model.size)
     rows = []
     for _ in range(args.prompts + 1):
@@ -57,11 +61,15 @@ def main() -> None:
         stats = group.last_stats[0]
         rows.append({"wall": wall, "pack": packing[-1], "setup": stats["setup_s"], "run": stats["run_s"],
                      "steps": sum(stats["step_s"])})
-    rows = rows[1:]      # the first prompt compiles and allocates
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    first, rows = rows[0], rows[1:]
     median = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-    median["rest"] = median["wall"] - median["pack"] - median["setup"] - median["run"]
-    print(f"{args.model} {model.size}, {args.steps}-step prompt, median of {args.prompts} on {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}:")
-    print("  " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in median.items()))
+    for row in (first, median):
+        row["rest"] = row["wall"] - row["pack"] - row["setup"] - row["run"]
+    print(f"{args.model} {model.size} on {device}: group start {start_s:.2f} s, load {load_s:.2f} s")
+    print(f"  first {args.steps}-step prompt: " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in first.items()))
+    print(f"  repeat {args.steps}-step prompt, median of {args.prompts}: "
+          + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in median.items()))
     groups.shutdown()
 
 

@@ -212,7 +212,6 @@ async def _messages(server: ComfyServer, prompt: dict) -> list[tuple[str, object
 def test_progress_and_previews_as_on_one_gpu(comfy_server, init_node, install):
     """With --preview-method latent2rgb a Tandem KSampler sends ComfyUI's own progress and preview messages, one per
     step, as the same KSampler does in one process."""
-    info = comfy_server.object_info()
     steps = 6
     counts = {}
     for side in ("tandem", "single"):
