@@ -78,6 +78,7 @@ def test_worker_dying_mid_job_fails_fast_and_next_run_restarts(_tandem_session, 
     waited = time.monotonic() - killed[0][1]
     print(f"error {waited:.1f} s after the kill: {error.value}")
     assert waited < CONFIG.timeout_s and "\n" not in str(error.value)
+    assert "\x1b" not in str(error.value) and len(str(error.value)) < 500     # no ANSI colours, no Ray traceback
     assert groups.fingerprint(CONFIG) != before              # Tandem Init runs again on the next prompt ...
     fresh = groups.start(CONFIG)                             # ... and gets a working group
     assert ksampler(load(fresh, path), request("wan21_t2v", (3, 8, 8), "euler")) is not None

@@ -119,3 +119,20 @@ def test_package_is_staged_in_a_private_new_folder(tmp_path):
         info = os.stat(folder)
         assert info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) == 0o700
         assert os.path.isfile(os.path.join(staged, "workers", "group.py"))
+
+
+def test_corrupt_weights_are_reported_not_returned_as_nan(tandem_group, checkpoint, tmp_path):
+    """A file whose header is fine but whose tensor bytes are not (NaN written over one weight) would sample an
+    all-NaN latent without a word."""
+    from safetensors.torch import load_file, save_file
+
+    from tandem.nodes.loader import load
+
+    tensors = load_file(str(checkpoint("wan21_t2v")))
+    name = next(k for k in tensors if k.endswith("self_attn.q.weight"))
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    corrupt = tmp_path / "corrupt.safetensors"
+    save_file(tensors, str(corrupt))
+    with pytest.raises(TandemError, match=r"^the sampled latent holds NaN or infinite values: the model file's "
+                                          r"weights are probably corrupt"):
+        ksampler(load(tandem_group, str(corrupt)), request("wan21_t2v", (3, 8, 8), "euler"))

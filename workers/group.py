@@ -6,6 +6,7 @@ cache reuses a healthy group with the same settings and re-runs the graph after 
 import atexit
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -60,12 +61,17 @@ def stage_package() -> str:
     return str(target)
 
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+ONE_LINE_CHARS = 300           # Ray's errors carry whole tracebacks and actor descriptions; the node shows one line
+
+
 def _one_line(error: BaseException) -> str:
     cause = getattr(error, "cause", None) or error
     if isinstance(cause, (TandemConfigError, TandemError)):
         return str(cause)
-    text = " ".join(line.strip() for line in str(cause).splitlines() if line.strip())
-    return f"{type(cause).__name__}: {text}".rstrip(": ")
+    text = " ".join(line.strip() for line in ANSI_ESCAPE.sub("", str(cause)).splitlines() if line.strip())
+    text = f"{type(cause).__name__}: {text}".rstrip(": ")
+    return text if len(text) <= ONE_LINE_CHARS else text[:ONE_LINE_CHARS - 1] + "…"
 
 
 def _cpu_slots(workers: int) -> int | None:

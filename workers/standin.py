@@ -74,7 +74,11 @@ class RemoteSampling:
                           latent_shapes, previews=callback is not None)
         data = jobs.pack(job, self._reference, files=self.group.on_this_host)
         results = self.group.sample(self.key, data, on_step=callback)
-        return jobs.gather_latent(results)
+        latent = jobs.gather_latent(results)
+        if not torch.isfinite(latent).all():
+            raise TandemError("the sampled latent holds NaN or infinite values: the model file's weights are probably "
+                              "corrupt (download it again), or fp16 overflowed (pick bf16 or default in the loader)")
+        return latent
 
     def _reference(self, obj) -> str | None:
         """What the workers already hold: the stand-in model and its modules, every patcher cloned from it, this
