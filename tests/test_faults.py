@@ -136,3 +136,25 @@ def test_corrupt_weights_are_reported_not_returned_as_nan(tandem_group, checkpoi
     with pytest.raises(TandemError, match=r"^the sampled latent holds NaN or infinite values: the model file's "
                                           r"weights are probably corrupt"):
         ksampler(load(tandem_group, str(corrupt)), request("wan21_t2v", (3, 8, 8), "euler"))
+
+
+def test_thirty_prompts_keep_memory_flat(tandem_group, checkpoint):
+    """30 prompts on one Tandem model: the resident memory of ComfyUI's process (here, this test's) and of each
+    worker grows by less than 60 MB between prompt 5 and prompt 30 (allocator noise, not a copy per prompt)."""
+    import psutil
+
+    from tandem.nodes.loader import load
+
+    model = load(tandem_group, str(checkpoint("wan21_t2v")))
+    processes = [psutil.Process()] + [psutil.Process(info["pid"]) for info in tandem_group.workers]
+    rss = []
+    for prompt in range(30):
+        req = request("wan21_t2v", (3, 8, 8), "euler")
+        req.noise_seed = prompt
+        assert torch.isfinite(ksampler(model, req)).all()
+        if prompt in (4, 29):
+            rss.append([p.memory_info().rss / 2**20 for p in processes])
+    growth = [after - before for before, after in zip(*rss)]
+    print("RSS MB after prompt 5: " + ", ".join(f"{m:.0f}" for m in rss[0])
+          + "; growth to prompt 30: " + ", ".join(f"{g:+.1f}" for g in growth))
+    assert max(growth) < 60, growth
