@@ -261,8 +261,8 @@ def test_tandem_model_after_shutdown_fails_in_one_line(_tandem_session, checkpoi
     path = str(checkpoint("wan21_t2v"))
     model = load(groups.start(config), path)
     groups.shutdown()
-    with pytest.raises(TandemError, match=r"^this Tandem model's workers were stopped \(Tandem Shutdown\): run the "
-                                          r"prompt again") as error:
+    with pytest.raises(TandemError, match=r"^this Tandem group was stopped \(Tandem Shutdown, or a lost worker\): "
+                                          r"run the prompt again") as error:
         ksampler(model, request("wan21_t2v", (3, 8, 8), "euler"))
     assert "\n" not in str(error.value)
     assert ksampler(load(groups.start(config), path), request("wan21_t2v", (3, 8, 8), "euler")).std() > 0.05

@@ -67,9 +67,6 @@ class RemoteSampling:
 
     def __call__(self, executor, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
                  disable_pbar=False, seed=None, latent_shapes=None):
-        if self.group.stopped:
-            raise TandemError("this Tandem model's workers were stopped (Tandem Shutdown): run the prompt again to "
-                              "start them, and put Tandem Shutdown in a prompt of its own")
         job = jobs.Job.of(executor.class_obj, noise, latent_image, sampler, sigmas, denoise_mask, seed,
                           latent_shapes, previews=callback is not None)
         data = jobs.pack(job, self._reference, files=self.group.on_this_host)
