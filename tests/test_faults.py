@@ -158,3 +158,24 @@ def test_thirty_prompts_keep_memory_flat(tandem_group, checkpoint):
     print("RSS MB after prompt 5: " + ", ".join(f"{m:.0f}" for m in rss[0])
           + "; growth to prompt 30: " + ", ".join(f"{g:+.1f}" for g in growth))
     assert max(growth) < 60, growth
+
+
+def test_private_ray_head_refuses_a_process_without_its_token(tandem_group, tmp_path):
+    """Ray binds its ports on every interface; Tandem's private head must enforce Ray's token authentication (Ray
+    2.59+, which requirements.txt asks for): a process without the token cannot connect, one with it can."""
+    import subprocess
+    import sys
+
+    address = ray.get_runtime_context().gcs_address
+    code = f"import ray; ray.init(address={address!r}); print('CONNECTED', len(ray.nodes()))"
+    outsider = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"HOME": str(tmp_path)}
+    results = {}
+    for who, env in (("without the token", outsider), ("with the token", dict(os.environ))):
+        try:
+            run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=90)
+            results[who] = "CONNECTED" in run.stdout, "InvalidAuthToken" in run.stdout + run.stderr
+        except subprocess.TimeoutExpired:
+            results[who] = False, False
+    print(results)
+    assert results["without the token"] == (False, True)
+    assert results["with the token"][0]

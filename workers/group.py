@@ -100,6 +100,9 @@ def _connect(address: str, workers: int, timeout_s: float) -> str:
     global _ray_address
     if address != "local" and _ray_address != address:
         _check_reachable(address, min(timeout_s, CONNECT_TIMEOUT_S))
+    if address == "local" and os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        raise TandemError("RAY_AUTH_MODE=disabled is set: Tandem's private Ray head would accept any process that "
+                          "reaches its ports (they listen on every interface); unset it and restart ComfyUI")
     if ray.is_initialized() and _ray_address not in (None, address):
         shutdown_ray()
     slots = _cpu_slots(workers) if address == "local" else None
