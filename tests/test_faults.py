@@ -179,3 +179,21 @@ def test_private_ray_head_refuses_a_process_without_its_token(tandem_group, tmp_
     print(results)
     assert results["without the token"] == (False, True)
     assert results["with the token"][0]
+
+
+def test_lora_with_matching_names_but_other_shapes_is_refused(tandem_group, checkpoint, tmp_path):
+    """A LoRA for a wider Wan (384 vs 256) has this model's key names: ComfyUI would skip every weight with a log
+    line and sample the model unpatched."""
+    import comfy.sd
+    import comfy.utils
+
+    from tandem.nodes.loader import load
+    from tandem.tests.test_lora import make_lora
+
+    model = load(tandem_group, str(checkpoint("wan21_t2v")))
+    wider = comfy.utils.load_torch_file(str(make_lora("wan21_t2v_3heads", tmp_path / "wider.safetensors", 2)))
+    patched = comfy.sd.load_lora_for_models(model, None, wider, 1.0, 0)[0]
+    assert patched.patches, "the key names match, so ComfyUI adds the patches"
+    with pytest.raises(TandemError, match=r"^a LoRA's factors for diffusion_model\..* make a \d+×\d+ weight, but this "
+                                          r"model's is \d+×\d+: the LoRA was made for another size of this model"):
+        ksampler(patched, request("wan21_t2v", (3, 8, 8), "euler"))

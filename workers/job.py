@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 import comfy.patcher_extension
+import comfy.utils
 import torch
 
 from ..parallel.degrees import TandemError
@@ -48,6 +49,7 @@ class Job:
     def of(cls, guider, noise, latent_image, sampler, sigmas, denoise_mask, seed, latent_shapes,
            previews: bool) -> "Job":
         _check_finite(guider)
+        _check_lora_shapes(guider.model_patcher)
         state = {name: getattr(guider.model_patcher, name) for name in PATCHER_STATE}
         return cls(guider, state, noise, latent_image, sampler, sigmas, denoise_mask, seed, latent_shapes, previews)
 
@@ -87,6 +89,23 @@ def _check_finite(guider) -> None:
             if not all(math.isfinite(s) for s in (strength_patch, strength_model) if isinstance(s, (int, float))):
                 raise TandemError(f"a LoRA strength on {key} is {strength_patch * strength_model}: set the LoRA "
                                   "node's strength to a number")
+
+
+def _check_lora_shapes(patcher) -> None:
+    """A LoRA whose key names match this model but whose shapes do not (made for another size of the same family)
+    is skipped by ComfyUI with a log line per weight; say so in one line instead. Checked against the stand-in's
+    weight shapes (``meta``), for plain LoRA factors (up × down)."""
+    for key, patches in patcher.patches.items():
+        shape = comfy.utils.get_attr(patcher.model, key).shape
+        for _, adapter, *_ in patches:
+            factors = getattr(adapter, "weights", None) if getattr(adapter, "name", None) == "lora" else None
+            if factors is None or factors[3] is not None or factors[5] is not None:
+                continue
+            up, down = factors[0], factors[1]
+            if up.shape[0] * down.flatten(1).shape[1] != math.prod(shape):
+                raise TandemError(f"a LoRA's factors for {key} make a {up.shape[0]}×{down.flatten(1).shape[1]} "
+                                  f"weight, but this model's is {'×'.join(map(str, shape))}: the LoRA was made for "
+                                  "another size of this model; pick one made for this model")
 
 
 def pack(job: Job, reference, files: bool) -> bytes:
