@@ -61,6 +61,26 @@ def host_ram(pids: list[int]) -> dict:
             "page_cache_gb": field("/proc/meminfo", "Cached")}
 
 
+def comfy_gguf_model(path: str):
+    """A GGUF file loaded as ComfyUI-GGUF's Unet Loader (GGUF) loads it: its reader and its quantized ops under
+    ComfyUI's own loader. Its ``nodes`` module needs ComfyUI's ``nodes`` (PyAV, absent on the GPU machines), so its
+    ``GGUFModelPatcher`` (LoRA on quantized weights, low-VRAM mmap release) is left out: a full load without LoRA does
+    not use it. The package comes from $COMFYUI_GGUF_PATH (a checkout of city96/ComfyUI-GGUF)."""
+    import importlib.util
+    import sys
+
+    import comfy.sd
+
+    root = Path(os.environ["COMFYUI_GGUF_PATH"])
+    spec = importlib.util.spec_from_file_location("comfyui_gguf", root / "__init__.py",
+                                                  submodule_search_locations=[str(root)])
+    sys.modules["comfyui_gguf"] = importlib.util.module_from_spec(spec)    # its __init__ would import nodes
+    from comfyui_gguf.loader import gguf_sd_loader
+    from comfyui_gguf.ops import GGMLOps
+
+    return comfy.sd.load_diffusion_model_state_dict(gguf_sd_loader(path), model_options={"custom_operations": GGMLOps()})
+
+
 class ComfyUIAlone:
     """The baseline: ComfyUI's Load Diffusion Model (``comfy.sd.load_diffusion_model``) and KSamplerAdvanced in this
     process, on one GPU (or the CPU); each step ends at its progress-bar update, after a CUDA synchronisation."""
@@ -68,10 +88,14 @@ class ComfyUIAlone:
     def start(self) -> None:
         """Nothing to start: ComfyUI is already running when a prompt arrives."""
 
-    def load(self, path: str) -> None:
+    def load(self, path: str, weight_dtype: str) -> None:
         import comfy.sd
+        from tandem.parallel.weights import model_options
 
-        self.model = comfy.sd.load_diffusion_model(path)
+        if path.endswith(".gguf"):
+            self.model = comfy_gguf_model(path)
+        else:    # what Load Diffusion Model does with its weight_dtype
+            self.model = comfy.sd.load_diffusion_model(path, model_options=model_options(weight_dtype))
 
     def pids(self) -> list[int]:
         return [os.getpid()]
@@ -108,10 +132,10 @@ class Tandem:
 
         self.group = group.start(self.config)
 
-    def load(self, path: str) -> None:
+    def load(self, path: str, weight_dtype: str) -> None:
         from tandem.nodes.loader import load
 
-        self.model = load(self.group, path, "default")
+        self.model = load(self.group, path, weight_dtype)
 
     def pids(self) -> list[int]:
         return [info["pid"] for info in self.group.workers]
@@ -127,7 +151,8 @@ class Tandem:
         group.shutdown()
 
 
-def measure(runner, model: Model, size: str, steps: int, weights: str, repeats: int = 5) -> tuple[dict, torch.Tensor]:
+def measure(runner, model: Model, size: str, steps: int, weights: str, repeats: int = 5, weight_dtype: str = "default"
+            ) -> tuple[dict, torch.Tensor]:
     """Start, load, then the prompts: 1 step cold (the first prompt; ComfyUI moves the weights to the GPU here), the
     same again ``repeats`` times (repeat prompts: their median wall time is ``repeat_prompt_s``, and what it costs
     beyond its one step, ``prompt_overhead_s``, is the per-prompt overhead), 2 steps, and ``steps`` steps, whose
@@ -139,7 +164,7 @@ def measure(runner, model: Model, size: str, steps: int, weights: str, repeats: 
     r["start_s"] = clock() - t
     r["host_ram_before_load"] = host_ram(runner.pids())
     t = clock()
-    runner.load(weights)
+    runner.load(weights, weight_dtype)
     r["load_s"] = clock() - t
     r["host_ram_after_load"] = host_ram(runner.pids())
     inputs = conditioning(model, size)
@@ -170,6 +195,7 @@ def main():
     p.add_argument("--size", required=True)
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--weights", required=True)
+    p.add_argument("--weight-dtype", default="default", help="Load Diffusion Model's / Tandem Model Loader's")
     p.add_argument("--reference", required=True, help="ComfyUI's latent: written by the comfyui cell, read by others")
     p.add_argument("--result", required=True)
     p.add_argument("--repeats", type=int, default=5, help="repeat 1-step prompts (median: repeat_prompt_s)")
@@ -181,7 +207,7 @@ def main():
     runner = ComfyUIAlone() if mode.group is None else Tandem(GroupConfig(**mode.group(args.gpus)))
     try:
         result, samples = measure(runner, MODELS[args.model], args.size, args.steps, args.weights,
-                                 args.repeats)
+                                  args.repeats, args.weight_dtype)
         result["status"] = "ok"
         if mode.group is None:
             torch.save(samples, args.reference)

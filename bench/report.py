@@ -97,7 +97,9 @@ def markdown(data: dict) -> str:
     ]
     for c in data["cells"]:
         model = MODELS[c["model"]]
-        head = (f"| {c['model']} | {c['size']}, {model.tokens(c['size'])} tokens, CFG {model.cfg:g} | {c['label']} | "
+        quant = "" if c.get("quant", "bf16") == "bf16" else f" {c['quant']} GGUF"
+        quant += "" if c.get("weight_dtype", "default") == "default" else f" as {c['weight_dtype']}"
+        head = (f"| {c['model']}{quant} | {c['size']}, {model.tokens(c['size'])} tokens, CFG {model.cfg:g} | {c['label']} | "
                 f"{c['gpus']} |")
         if c["status"] != "ok":
             message = c["message"].replace("|", "\\|")

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 import report
 from matrix import DEFAULT_MODES, MODELS, MODES
-from weights import DEFAULT_CACHE, file_name
+from weights import DEFAULT_CACHE, QUANTS, file_name
 
 HERE = Path(__file__).resolve().parent
 
@@ -35,6 +35,9 @@ def arguments() -> argparse.Namespace:
     p.add_argument("--modes", default=",".join(DEFAULT_MODES), help=f"comma-separated: {', '.join(MODES)}")
     p.add_argument("--gpus", default="1,2,4,8", help="GPU counts for multi-GPU modes; counts above what exists are "
                                                      "dropped")
+    p.add_argument("--quant", choices=QUANTS, default="bf16", help="weights: bf16 safetensors, or GGUF (ComfyUI "
+                   "alone then loads them with ComfyUI-GGUF from $COMFYUI_GGUF_PATH, as its Unet Loader (GGUF) does)")
+    p.add_argument("--weight-dtype", default="default", help="the loaders' weight dtype (e.g. fp8_e4m3fn_fast)")
     p.add_argument("--size", help="WxH or WxHxF for every model (default: each model's own)")
     p.add_argument("--steps", type=int, default=6, help="steps of the timed run (at least 3)")
     p.add_argument("--repeats", type=int, default=5, help="repeat 1-step prompts per cell, whose median wall time "
@@ -89,15 +92,18 @@ def child(script: str, argv: list[str], log: Path, device: str, timeout: int) ->
 
 def run_cell(args, model: str, mode: str, gpus: int, weights: Path, weights_error: str | None, logs: Path) -> dict:
     size = args.size or MODELS[model].size
-    cell = {"model": model, "mode": mode, "gpus": gpus, "size": size, "label": MODES[mode].label.format(n=gpus, half=gpus // 2),
+    cell = {"model": model, "mode": mode, "gpus": gpus, "size": size, "quant": args.quant,
+            "weight_dtype": args.weight_dtype, "label": MODES[mode].label.format(n=gpus, half=gpus // 2)
+            + (" + ComfyUI-GGUF" if mode == "comfyui" and args.quant != "bf16" else ""),
             "group": MODES[mode].group(gpus) if MODES[mode].group else None}
     if weights_error:
         return {**cell, "status": "failed", "message": f"generating the weights: {weights_error}"}
-    reference = args.cache / f"{weights.stem}-{size}-{args.steps}steps-comfyui.pt"
+    reference = args.cache / f"{weights.stem}-{args.weight_dtype}-{size}-{args.steps}steps-comfyui.pt"
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
         error = child("cell.py", ["--model", model, "--mode", mode, "--gpus", str(gpus), "--size", size,
-                                  "--steps", str(args.steps), "--repeats", str(args.repeats), "--weights", str(weights), "--reference", str(reference),
+                                  "--steps", str(args.steps), "--repeats", str(args.repeats),
+                                  "--weight-dtype", args.weight_dtype, "--weights", str(weights), "--reference", str(reference),
                                   "--result", str(result)],
                       logs / f"{model}-{mode}-{gpus}.log", args.device, args.cell_timeout)
         return {**cell, **(json.loads(result.read_text()) if result.exists() else
@@ -131,10 +137,10 @@ def main():
     print(f"{len(plan)} cells on {args.device}, GPU counts {args.gpus}; results in {args.out}", flush=True)
     with tqdm(total=len(args.models) + len(plan), unit="cell", dynamic_ncols=True) as bar:
         for model in args.models:
-            weights = args.cache / file_name(model)
+            weights = args.cache / file_name(model, args.quant)
             bar.set_description(f"{model}: weights")
             error = None if weights.exists() else child(
-                "weights.py", [model, str(weights), "--device", args.device], logs / f"{model}-weights.log",
+                "weights.py", [model, str(weights), "--device", args.device, "--quant", args.quant], logs / f"{model}-weights.log",
                 args.device, args.cell_timeout)
             bar.update()
             for mode, n in [(mode, n) for m, mode, n in plan if m == model]:

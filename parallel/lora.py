@@ -5,6 +5,7 @@ one over it. Tandem's weights are the file's page cache (CPU workers), GPU tenso
 so it keeps no backup: a patched weight is computed from the file's tensor with ComfyUI's own key mapping,
 ``calculate_weight`` and rounding (so it equals ComfyUI's), and a weight that the next prompt no longer patches is
 read from the file again. With FSDP every rank computes the whole patched tensor and keeps its dim-0 chunk.
+A GGUF layer that stays quantized gets its patch list instead, applied to the dequantized weight in its forward.
 
 The patch lists are ComfyUI's, made on the host by its own LoRA nodes (LoraLoaderModelOnly, LoraLoader's model
 part) on the stand-in model, and reach the workers with the job (their tensors through shared files, once per host).
@@ -16,6 +17,7 @@ import comfy.utils
 import torch
 from torch.distributed.tensor import DTensor
 
+from . import quantized
 from .weights import assign
 
 PREFIX = "diffusion_model."
@@ -28,6 +30,11 @@ def set_weights(model: torch.nn.Module, sd: dict, patches: dict[str, list], keys
     (the diffusion model's state dict), patched by ``patches`` where it has one. Every rank runs the same keys in
     the same order."""
     for key in sorted(keys):
+        owner_name, _, attr = key.rpartition(".")
+        owner = comfy.utils.get_attr(model, owner_name)
+        if quantized.is_quantized(owner) and attr == "weight":
+            owner.weight_patches = (patches[key], key) if key in patches else None
+            continue
         weight, set_func, convert_func = comfy.model_patcher.get_key_weight(model, key)
         value = sd[key.removeprefix(PREFIX)].to(device=device, dtype=weight.dtype)
         if key in patches:
@@ -39,8 +46,7 @@ def set_weights(model: torch.nn.Module, sd: dict, patches: dict[str, list], keys
             if rank < len(chunks) and local.numel():
                 local.copy_(chunks[rank])
         else:   # a new tensor: a CPU worker's weight may be the file's mmap, which is never written
-            owner_name, _, attr = key.rpartition(".")
-            assign(comfy.utils.get_attr(model, owner_name), attr, value)
+            assign(owner, attr, value)
 
 
 def _patched(original: torch.Tensor, patches: list, key: str, set_func, convert_func, dtype: torch.dtype

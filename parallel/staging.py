@@ -19,19 +19,22 @@ MAX_PREAD = 1 << 30          # Linux reads at most ~2 GiB per call; stay well be
 
 
 class FileRanges:
-    """Where each mmap-backed tensor of a safetensors file lies in the file, found from its address."""
+    """Where each mmap-backed tensor of a file lies in it, found from its address: ``base`` is the address of the
+    file's byte 0 in the mmap (None: the tensors are not views of one mmap)."""
 
-    def __init__(self, path: str, raw: dict[str, torch.Tensor]):
-        self.path = path
+    def __init__(self, path: str, base: int | None):
+        self.path, self.base = path, base
         self.size = os.path.getsize(path)
+
+    @classmethod
+    def safetensors(cls, path: str, raw: dict[str, torch.Tensor]) -> "FileRanges":
         with open(path, "rb") as f:
             header_len = struct.unpack("<Q", f.read(8))[0]
             header = json.loads(f.read(header_len))
-        self.data_start = 8 + header_len
+        data_start = 8 + header_len
         entries = {k: v for k, v in header.items() if k != "__metadata__" and k in raw}
-        bases = {raw[k].data_ptr() - self.data_start - v["data_offsets"][0] for k, v in entries.items()
-                 if raw[k].numel()}
-        self.base = bases.pop() if len(bases) == 1 else None   # None: the tensors are not views of one mmap
+        bases = {raw[k].data_ptr() - data_start - v["data_offsets"][0] for k, v in entries.items() if raw[k].numel()}
+        return cls(path, bases.pop() if len(bases) == 1 else None)
 
     def offset(self, t: torch.Tensor) -> int | None:
         """File offset of ``t``'s bytes, or None when ``t`` is not a contiguous view of this file's mmap."""
@@ -39,7 +42,7 @@ class FileRanges:
             return None
         start = t.data_ptr() - self.base
         end = start + t.numel() * t.element_size()
-        return start if self.data_start <= start and end <= self.size else None
+        return start if 0 <= start and end <= self.size else None
 
 
 def _bytes(t: torch.Tensor) -> torch.Tensor:

@@ -15,41 +15,12 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.patcher_extension
 import comfy.utils
-import safetensors
 import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
-from . import gguf
 from .degrees import TandemConfigError
 from .staging import FileRanges, Stager
-
-
-def open_checkpoint(path: str) -> tuple[dict, dict | None]:
-    """The file's tensors as views of its mmap (no private copy), and its metadata."""
-    return comfy.utils.load_torch_file(path, return_metadata=True)
-
-
-SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                      "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64,
-                      "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
-
-
-def header_state_dict(path: str) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """The file's tensors as ``meta`` stand-ins of the right shape and dtype, and its metadata, read from its header
-    alone: enough for ComfyUI's detection, which looks at names, shapes and dtypes (ComfyUI's host builds its
-    stand-in model from this)."""
-    if gguf.is_gguf(path):
-        return gguf.meta_state_dict(gguf.read(path)), None
-    if not path.lower().endswith((".safetensors", ".sft")):
-        sd, metadata = open_checkpoint(path)
-        return {k: torch.empty_like(v, device="meta") for k, v in sd.items()}, metadata
-    with safetensors.safe_open(path, framework="pt") as f:
-        sd = {}
-        for name in f.keys():
-            tensor = f.get_slice(name)
-            sd[name] = torch.empty(tensor.get_shape(), dtype=SAFETENSORS_DTYPES[tensor.get_dtype()], device="meta")
-        return sd, f.metadata()
 
 
 def model_options(weight_dtype: str) -> dict:
@@ -129,18 +100,18 @@ class Fanout:
 
 
 def _fill_full(source: torch.Tensor, dtype: torch.dtype, device: torch.device, stager: Stager,
-               fanout: Fanout | None, assign: Callable[[torch.Tensor], None]) -> None:
+               fanout: Fanout | None, assign: Callable[[torch.Tensor], None], decode: Callable | None) -> None:
     """Queue ``source`` into a new tensor on ``device`` (read here, or broadcast by the rank that reads it), cast to
-    ``dtype`` on the device, then ``assign`` it."""
+    ``dtype`` (or ``decode``d) on the device, then ``assign`` it."""
     dst = torch.empty(source.shape, dtype=source.dtype, device=device)
 
     def done(work: dist.Work | None = None) -> None:
-        if dst.dtype == dtype:
+        if decode is None and dst.dtype == dtype:
             assign(dst)
             return
         if work is not None:
             work.wait()
-        assign(dst.to(dtype))
+        assign(dst.to(dtype) if decode is None else decode(dst))
 
     if fanout is None:
         stager.put(source, dst, then=done)
@@ -151,9 +122,11 @@ def _fill_full(source: torch.Tensor, dtype: torch.dtype, device: torch.device, s
 
 @torch.no_grad()
 def materialize(module: torch.nn.Module, sd: dict, device: torch.device, ranges: FileRanges | None = None,
-                fanout: Fanout | None = None, threads: int = 2) -> list[str]:
+                fanout: Fanout | None = None, threads: int = 2, decode: dict[str, Callable] | None = None
+                ) -> list[str]:
     """Replace every meta parameter/buffer of ``module`` by the file's tensor on ``device``; return what stayed
     unfilled (keys the file lacks, and buffers a model computes at construction, which ``meta`` cannot keep).
+    ``decode`` maps keys whose file tensor is encoded (GGUF blocks outside a quantized layer) to their decoder.
 
     FSDP-sharded parameters (DTensors, already allocated by ``to_empty``) get only this rank's shard. On a CPU
     worker without ``fanout`` the full tensors are the mmap views themselves (the shared page cache).
@@ -170,12 +143,13 @@ def materialize(module: torch.nn.Module, sd: dict, device: torch.device, ranges:
                 continue
             owner = module.get_submodule(owner_name)
             put = partial(assign, owner, attr)
+            convert = (decode or {}).get(name)
             if isinstance(tensor, DTensor):
-                _fill_shard(tensor, sd[name], stager)
+                _fill_shard(tensor, convert(sd[name].to(device)) if convert else sd[name], stager)
             elif stager is None:
-                put(sd[name] if sd[name].dtype == tensor.dtype else sd[name].to(tensor.dtype))
+                put(convert(sd[name]) if convert else sd[name].to(tensor.dtype))
             else:
-                _fill_full(sd[name], tensor.dtype, device, stager, fanout, put)
+                _fill_full(sd[name], tensor.dtype, device, stager, fanout, put, convert)
     finally:
         if stager is not None:
             stager.finish()

@@ -3,6 +3,7 @@ import json
 import os
 import threading
 import time
+from dataclasses import dataclass, field
 from functools import partial
 
 import comfy.model_management
@@ -14,13 +15,24 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
 from ..models import adapter_for, fsdp_blocks
-from ..parallel import cfg, data, fsdp, gguf, lora, process_group, weights
+from ..parallel import cfg, data, formats, fsdp, lora, process_group, weights
 from ..parallel.attention import resolve_backend
 from ..parallel.degrees import GroupConfig, TandemConfigError, validate_heads
 from ..parallel.sequence import SequenceShard
-from ..parallel.staging import FileRanges, reader_threads
+from ..parallel.staging import reader_threads
 from . import controlnet, transport
 from .job import Job
+
+
+@dataclass
+class Resident:
+    """A loaded model on this worker."""
+    patcher: weights.ResidentModelPatcher
+    shard: SequenceShard | None                 # the sequence split its attention uses, if any
+    sources: dict[str, torch.Tensor]            # the file's tensors (mmap views): the originals LoRA patches
+    read_bytes: int | None                      # full-tensor bytes this rank read for the host (fan-out)
+    lora: object = None                         # the patches_uuid the weights carry now
+    lora_keys: set[str] = field(default_factory=set)   # and the keys it patched
 
 
 class Worker:
@@ -30,12 +42,7 @@ class Worker:
         self.rank = rank
         self.config = GroupConfig(**config)
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-        self.models: dict[tuple, object] = {}
-        self.shards: dict[tuple, object] = {}
-        self.sources: dict[tuple, dict] = {}           # the file's state dict (mmap views): originals for LoRA
-        self.loras: dict[tuple, object] = {}           # the patches_uuid each model's weights carry now, and its keys
-        self.lora_keys: dict[tuple, set[str]] = {}
-        self.read_bytes: dict[tuple, int | None] = {}   # full-tensor bytes this rank read for the host (fan-out)
+        self.models: dict[tuple, Resident] = {}
         self.sequence_groups = (None, None, None)   # sequence, Ulysses, Ring
         self.cfg_group = None
         self.warnings: list[str] = []
@@ -75,20 +82,19 @@ class Worker:
         key = (path, weight_dtype, stat.st_size, stat.st_mtime_ns, json.dumps(unet_config, sort_keys=True), fanout)
         if key not in self.models:
             try:
-                share = None if gguf.is_gguf(path) else self._fanout(fanout)   # GGUF: every rank dequantizes
-                patcher, shard, sd = self._load(path, weights.model_options(weight_dtype), unet_config, share)
-                self.read_bytes[key] = share.read_bytes[share.me] if share else None
+                self.models[key] = self._load(path, weights.model_options(weight_dtype), unet_config,
+                                              self._fanout(fanout))
             except torch.OutOfMemoryError:
                 raise TandemConfigError(
                     f"{os.path.basename(path)} does not fit in this GPU's memory: turn FSDP on in Tandem Init "
-                    "(and CPU offload if that is not enough), or pick an fp8 weight dtype") from None
-            self.models[key], self.shards[key], self.sources[key] = patcher, shard, sd
-            self.loras[key], self.lora_keys[key] = None, set()
-        patcher = self.models[key]
-        params = list(patcher.model.diffusion_model.parameters())
-        return {"key": key, "model": type(patcher.model.model_config).__name__,
-                "read_bytes": self.read_bytes[key],
-                "local_params": sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in params),
+                    "(and CPU offload if that is not enough), or pick an fp8 weight dtype or a smaller "
+                    "quantization") from None
+        resident = self.models[key]
+        params = list(resident.patcher.model.diffusion_model.parameters())
+        local = [p.to_local() if hasattr(p, "to_local") else p for p in params]
+        return {"key": key, "model": type(resident.patcher.model.model_config).__name__,
+                "read_bytes": resident.read_bytes, "local_params": sum(p.numel() for p in local),
+                "local_bytes": sum(p.numel() * p.element_size() for p in local),
                 "dtypes": sorted({str(p.dtype) for p in params})}
 
     def _fanout(self, choice: str | None) -> weights.Fanout | None:
@@ -102,16 +108,10 @@ class Worker:
             return None
         return weights.Fanout(self.host_group, striped=choice == "striped")
 
-    def _load(self, path: str, options: dict, unet_config: dict | None, fanout: weights.Fanout | None
-              ) -> tuple[comfy.model_patcher.ModelPatcher, SequenceShard | None, dict]:
-        if gguf.is_gguf(path):
-            model, sd = self._open_gguf(path, options, unet_config)
-            ranges = None
-        else:
-            sd, metadata = weights.open_checkpoint(path)
-            ranges = FileRanges(path, sd) if path.lower().endswith((".safetensors", ".sft")) else None
-            model, sd = weights.build_on_meta(os.path.basename(path), sd, metadata, options, unet_config)
-        diffusion_model = model.diffusion_model
+    def _load(self, path: str, options: dict, unet_config: dict | None, fanout: weights.Fanout | None) -> Resident:
+        """One pipeline for every format: open (model on ``meta``), install sequence parallelism, shard, fill."""
+        opened = formats.format_of(path).open(path, options, unet_config)
+        model, diffusion_model = opened.model, opened.model.diffusion_model
         shard = None
         sequence, ulysses, ring = self.sequence_groups
         if sequence is not None:
@@ -123,7 +123,8 @@ class Worker:
             fsdp.shard(diffusion_model, fsdp_blocks(diffusion_model), self.mesh, self.config.fsdp_cpu_offload)
             diffusion_model.to_empty(device="cpu" if self.config.fsdp_cpu_offload else self.device)
         local_ranks = dist.get_world_size(self.host_group)
-        missing = weights.materialize(diffusion_model, sd, self.device, ranges, fanout, reader_threads(local_ranks))
+        missing = weights.materialize(diffusion_model, opened.sd, self.device, opened.ranges, fanout,
+                                      reader_threads(local_ranks), opened.decode)
         if missing:
             raise TandemConfigError(f"{os.path.basename(path)} lacks {len(missing)} weights that ComfyUI's "
                                     f"{type(model.model_config).__name__} needs (e.g. {missing[0]}): "
@@ -131,15 +132,7 @@ class Worker:
         model.device = self.device
         patcher = weights.ResidentModelPatcher(model, load_device=self.device, offload_device=self.device)
         diffusion_model.register_forward_pre_hook(self._count_rows)
-        return patcher, shard, sd
-
-    @staticmethod
-    def _open_gguf(path: str, options: dict, unet_config: dict | None) -> tuple:
-        """A GGUF file's model on ``meta`` (detected from shape-only stand-ins) and its lazily dequantized tensors."""
-        tensors = gguf.read(path)
-        meta = gguf.meta_state_dict(tensors)
-        model, processed = weights.build_on_meta(os.path.basename(path), dict(meta), None, options, unet_config)
-        return model, gguf.LazyStateDict(tensors, gguf.model_names(meta, processed))
+        return Resident(patcher, shard, opened.sd, fanout.read_bytes[fanout.me] if fanout else None)
 
     def _count_rows(self, module, args) -> None:
         self._rows += args[0].shape[0] if args else 0
@@ -149,16 +142,17 @@ class Worker:
         replica's first rank returns its rows of the latent (``gather_latent`` joins them), every rank returns what
         it computed on. Rank 0 keeps each step's x0 and x for the host's callback (``steps``)."""
         started = time.perf_counter()
-        patcher = self.models[key].clone()
+        resident = self.models[key]
+        patcher = resident.patcher.clone()
         job: Job = transport.unpack(packed, partial(self._resolve, patcher))
         job.apply(patcher)
-        self._patch_weights(key, patcher)
+        self._patch_weights(resident, patcher)
         if self.cfg_group is not None:     # innermost: the guider's options already hold the host's wrappers
             comfy.patcher_extension.add_wrapper_with_key(
                 comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, "tandem_cfg",
                 cfg.split_branches(self.cfg_group, cfg.branch_of(self.config, self.rank)),
                 job.guider.model_options, is_model_options=True)
-        shard = self.shards.get(key)
+        shard = resident.shard
         if shard is not None:
             shard.reset_stats()
         self._interrupt.clear()
@@ -201,16 +195,16 @@ class Worker:
             return _pass_through
         return patcher.model.get_submodule(name.removeprefix("module:"))
 
-    def _patch_weights(self, key: tuple, patcher: comfy.model_patcher.ModelPatcher) -> None:
+    def _patch_weights(self, resident: Resident, patcher: comfy.model_patcher.ModelPatcher) -> None:
         """Give the resident weights exactly the job's weight patches (LoRA). They are written in place from the file
         (see ``parallel/lora``), only when the host's patch set changed (ComfyUI gives every new set a new
         ``patches_uuid``); the job's clone then carries none, so ComfyUI's loader never patches these weights."""
         identity = patcher.patches_uuid if patcher.patches else None
-        if self.loras[key] != identity:
-            keys = self.lora_keys[key] | set(patcher.patches)
-            self.loras[key], self.lora_keys[key] = "partly written", keys
-            lora.set_weights(patcher.model, self.sources[key], patcher.patches, keys, self.device)
-            self.loras[key], self.lora_keys[key] = identity, set(patcher.patches)
+        if resident.lora != identity:
+            keys = resident.lora_keys | set(patcher.patches)
+            resident.lora, resident.lora_keys = "partly written", keys
+            lora.set_weights(patcher.model, resident.sources, patcher.patches, keys, self.device)
+            resident.lora, resident.lora_keys = identity, set(patcher.patches)
         patcher.patches = {}
 
     def steps(self) -> list[tuple]:

@@ -22,7 +22,7 @@ import comfy.patcher_extension
 import folder_paths
 import torch
 
-from ..parallel import weights
+from ..parallel import formats, weights
 from . import job as jobs
 from .group import Group, TandemError
 
@@ -45,7 +45,7 @@ class StandInPatcher(comfy.model_patcher.ModelPatcher):
 
 def model_on_meta(path: str, weight_dtype: str, unet_config: dict | None = None) -> torch.nn.Module:
     """ComfyUI's model object for ``path``, detected from the file's header, with the diffusion model on ``meta``."""
-    return weights.build_on_meta(os.path.basename(path), *weights.header_state_dict(path),
+    return weights.build_on_meta(os.path.basename(path), *formats.format_of(path).header(path),
                                  weights.model_options(weight_dtype), unet_config)[0]
 
 
