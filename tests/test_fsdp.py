@@ -5,7 +5,8 @@ import torch
 
 from tandem.parallel.degrees import GroupConfig
 from tandem.tests.checkpoints import build_model
-from tandem.tests.test_wan_usp import SampleRequest, request, single_process, start_load_sample, tandem_sample
+from tandem.tests.test_wan_usp import (SampleRequest, ksampler, relative, request, single_process, start_load_sample,
+                                       tandem_sample)
 from tandem.workers import group as groups
 
 SHAPE = (3, 6, 10)      # 45 tokens: odd, so Ulysses pads
@@ -117,3 +118,23 @@ def test_weights_read_once_per_host_and_broadcast(_tandem_session, checkpoint, f
         assert read[1] == 0 < read[0]
     else:
         assert min(read) > 0.4 * max(read)
+
+
+def test_fp8_weight_dtype_under_fsdp(_tandem_session, checkpoint):
+    """Tandem Model Loader's fp8_e4m3fn_fast on an fp32 file under Ulysses 2 + FSDP: the workers hold fp8 shards
+    (cast on the device while loading) and sample what ComfyUI samples with Load Diffusion Model set the same way
+    (ComfyUI's own fp8 ops; on CPU they compute in the input's dtype, on GPUs with fp8 through ``_scaled_mm``)."""
+    import comfy.sd
+
+    from tandem.parallel.weights import model_options
+
+    path = str(checkpoint("wan21_t2v"))
+    req = request("wan21_t2v", SHAPE, "euler")
+    expected = ksampler(comfy.sd.load_diffusion_model(path, model_options=model_options("fp8_e4m3fn_fast")), req)
+    group = groups.start(GroupConfig(gpu_count=2, ulysses_degree=2, fsdp=True, timeout_s=60))
+    infos = group.call("load", path, "fp8_e4m3fn_fast")
+    latent, _ = tandem_sample(group, path, req, weight_dtype="fp8_e4m3fn_fast")
+    error = relative(latent, expected)
+    print(f"fp8_e4m3fn_fast, Ulysses 2 + FSDP: relative error {error:.2e}, dtypes {infos[0]['dtypes']}, "
+          f"{infos[0]['local_bytes']} bytes per worker")
+    assert error < 1e-4 and "torch.float8_e4m3fn" in infos[0]["dtypes"]
