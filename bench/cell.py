@@ -78,7 +78,8 @@ def comfy_gguf_model(path: str):
     from comfyui_gguf.loader import gguf_sd_loader
     from comfyui_gguf.ops import GGMLOps
 
-    return comfy.sd.load_diffusion_model_state_dict(gguf_sd_loader(path), model_options={"custom_operations": GGMLOps()})
+    return comfy.sd.load_diffusion_model_state_dict(gguf_sd_loader(path),
+                                                    model_options={"custom_operations": GGMLOps()})
 
 
 class ComfyUIAlone:

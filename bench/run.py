@@ -103,8 +103,8 @@ def run_cell(args, model: str, mode: str, gpus: int, weights: Path, weights_erro
         result = Path(tmp) / "result.json"
         error = child("cell.py", ["--model", model, "--mode", mode, "--gpus", str(gpus), "--size", size,
                                   "--steps", str(args.steps), "--repeats", str(args.repeats),
-                                  "--weight-dtype", args.weight_dtype, "--weights", str(weights), "--reference", str(reference),
-                                  "--result", str(result)],
+                                  "--weight-dtype", args.weight_dtype, "--weights", str(weights),
+                                  "--reference", str(reference), "--result", str(result)],
                       logs / f"{model}-{mode}-{gpus}.log", args.device, args.cell_timeout)
         return {**cell, **(json.loads(result.read_text()) if result.exists() else
                            {"status": "failed", "message": error or "no result"})}

@@ -1,113 +1,27 @@
-"""Flux (1 dev/schnell/Kontext, 2): split the image tokens after ``img_in``, gather after ``final_layer``.
+"""Flux (1 dev/schnell/Kontext; Flux 2 is the same ComfyUI class): split the image tokens after ``img_in``, gather
+after ``final_layer``, with the joint machinery of ``joint``.
 
-Text tokens stay replicated on every rank; the double and single blocks' joint attention runs through joint Ulysses
-(text first, as Flux concatenates [txt; img]). Kontext reference latents are appended to the image tokens before
-``img_in``, so the split covers them. The RoPE ids are split the same way just before ``pe_embedder``.
-
-ControlNet: the ControlNet itself runs on the full input on every rank (ComfyUI calls it before the model, outside
-these hooks); its residuals, which Flux adds to the first ``n`` image tokens after each double block
-(``control["input"]``) and each single block (``control["output"]``), reach the model as this rank's part of them.
+Text tokens stay replicated; the double and single blocks' joint attention runs through joint Ulysses (text first,
+as Flux concatenates [txt; img]). Kontext reference latents are appended to the image tokens before ``img_in``, so
+the split covers them. ControlNet residuals are added to the first ``n`` image tokens after each double block
+(``control["input"]``) and each single block (``control["output"]``): each rank gets its part of them.
 """
-from functools import partial
-
-import torch
-from comfy.ldm.flux.model import Flux
-
-from ..parallel.attention import joint_ulysses_override, with_override
 from ..parallel.sequence import SequenceShard
 from ..parallel.ulysses import AttentionFn
+from .joint import LocalControl, install_joint
 
-MODEL_CLASSES = (Flux,)
 FAMILY = "Flux"
-FSDP_BLOCKS = ("double_blocks", "single_blocks")   # ModuleLists whose items FSDP shards one by one
+MODEL_CLASSES = ("comfy.ldm.flux.model.Flux",)
+FSDP_BLOCKS = ("double_blocks", "single_blocks")
+HOOKS = {"split": ("img_in",), "ids": ("pe_embedder",), "attention": ("double_blocks.*", "single_blocks.*"),
+         "gather": ("final_layer",)}
+CONTROL_KEYS = ("input", "output")     # ControlNet residual lists added to a prefix of the image tokens
 
 
-def num_heads(diffusion_model: Flux) -> int:
+def num_heads(diffusion_model) -> int:
     return diffusion_model.num_heads
 
 
-# ControlNet residual lists that Flux adds to a prefix of the image tokens (after double / single blocks).
-CONTROL_KEYS = ("input", "output")
-
-
-class LocalControl:
-    """Hands the model a ControlNet dict of its own whose residuals are this rank's slices.
-
-    The slices need the forward's token count, known only once ``img_in`` has run (Kontext / Edit references add
-    tokens), so the model's pre-hook gives it empty lists that the ``img_in`` hook fills: Flux and Qwen-Image read
-    ``control`` only after ``img_in``. ComfyUI's dict and tensors are never changed (slices are views, and the model
-    adds them to its own tokens), and nothing is kept past ``img_in``, so the residuals are freed with the forward.
-    """
-
-    def __init__(self, shard: SequenceShard, keys: tuple[str, ...]):
-        self.shard, self.keys = shard, keys
-        self.pending: tuple[dict, dict] | None = None     # (ComfyUI's dict, the model's) between take and fill
-
-    def take(self, module, args, kwargs):
-        """Diffusion model pre-hook: swap ``kwargs["control"]`` for a new dict, filled by ``fill``."""
-        self.pending = None
-        control = kwargs.get("control")
-        if control is None:
-            return None
-        local = {key: ([] if key in self.keys else value) for key, value in control.items()}
-        self.pending = (control, local)
-        return args, {**kwargs, "control": local}
-
-    def fill(self, module, args, out) -> None:
-        """``img_in`` hook, after ``split_tokens``: each residual becomes this rank's part of its prefix."""
-        if self.pending is None:
-            return
-        (full, local), self.pending = self.pending, None
-        for key in local.keys() & set(self.keys):
-            local[key][:] = [None if add is None else self.shard.split_prefix(add) for add in full[key]]
-
-
-def split_tokens(shard: SequenceShard, module, args, out: torch.Tensor) -> torch.Tensor:
-    """Patch embedding's output holds every image token: from here on each rank keeps its slice."""
-    shard.total = out.shape[1]
-    return shard.split(out)
-
-
-def split_ids(shard: SequenceShard, text_first: bool, module, args):
-    """Position ids of [text; image] (or [image; text]): keep all text ids and this rank's image ids."""
-    ids = args[0]
-    text = ids.shape[1] - shard.total
-    if text_first:
-        return (torch.cat((ids[:, :text], shard.split(ids[:, text:])), dim=1),)
-    return (torch.cat((shard.split(ids[:, :shard.total]), ids[:, shard.total:]), dim=1),)
-
-
-def joint_block(shard: SequenceShard, override, image: str | None, module, args, kwargs):
-    """Route the block's joint attention through Ulysses; record the image tokens a block with an ``image`` stream
-    argument runs on (single blocks hold [text; image] in one tensor)."""
-    if image is not None:
-        shard.seen_block_tokens.add(kwargs[image].shape[1])
-    kwargs["transformer_options"] = with_override(kwargs.get("transformer_options", {}), override)
-    return args, kwargs
-
-
-def gather_tokens(shard: SequenceShard, module, args, out: torch.Tensor) -> torch.Tensor:
-    return shard.gather(out)
-
-
-def install_joint(diffusion_model, shard: SequenceShard, attend: AttentionFn, text_first: bool, begin,
-                  after_split=None) -> None:
-    """The hooks every Flux-built family (double + single blocks, ``img_in``, ``pe_embedder``, ``final_layer``) needs;
-    ``begin`` runs first in each forward (to refuse or rewrite inputs the split would break), ``after_split`` right
-    after the image tokens were split."""
-    override = joint_ulysses_override(shard, attend, text_first)
-    diffusion_model.register_forward_pre_hook(begin, with_kwargs=True)
-    diffusion_model.img_in.register_forward_hook(partial(split_tokens, shard))
-    if after_split is not None:
-        diffusion_model.img_in.register_forward_hook(after_split)
-    diffusion_model.pe_embedder.register_forward_pre_hook(partial(split_ids, shard, text_first))
-    for block in diffusion_model.double_blocks:
-        block.register_forward_pre_hook(partial(joint_block, shard, override, "img"), with_kwargs=True)
-    for block in diffusion_model.single_blocks:
-        block.register_forward_pre_hook(partial(joint_block, shard, override, None), with_kwargs=True)
-    diffusion_model.final_layer.register_forward_hook(partial(gather_tokens, shard))
-
-
-def install_sequence_parallel(diffusion_model: Flux, shard: SequenceShard, attend: AttentionFn) -> None:
+def install_sequence_parallel(diffusion_model, shard: SequenceShard, attend: AttentionFn) -> None:
     control = LocalControl(shard, CONTROL_KEYS)
     install_joint(diffusion_model, shard, attend, text_first=True, begin=control.take, after_split=control.fill)

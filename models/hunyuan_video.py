@@ -5,22 +5,22 @@ refiner (``txt_in``) attends over text only and keeps ComfyUI's attention.
 """
 from functools import partial
 
-from comfy.ldm.hunyuan_video.model import HunyuanVideo
-
 from ..parallel.sequence import SequenceShard
 from ..parallel.ulysses import AttentionFn
-from .flux import install_joint
+from .joint import install_joint
 
-MODEL_CLASSES = (HunyuanVideo,)
 FAMILY = "HunyuanVideo"
-FSDP_BLOCKS = ("double_blocks", "single_blocks")   # ModuleLists whose items FSDP shards one by one
+MODEL_CLASSES = ("comfy.ldm.hunyuan_video.model.HunyuanVideo",)
+FSDP_BLOCKS = ("double_blocks", "single_blocks")
+HOOKS = {"split": ("img_in",), "ids": ("pe_embedder",), "attention": ("double_blocks.*", "single_blocks.*"),
+         "gather": ("final_layer",)}
 
 # Inputs whose tokens the model addresses by absolute position (image tokens prepended after img_in, ControlNet
 # residuals), which a split would misplace. ComfyUI has no HunyuanVideo ControlNet.
 _POSITIONAL_INPUTS = ("ref_latent", "control")
 
 
-def num_heads(diffusion_model: HunyuanVideo) -> int:
+def num_heads(diffusion_model) -> int:
     return diffusion_model.num_heads
 
 
@@ -43,7 +43,7 @@ def local_modulation(shard: SequenceShard, names: tuple[str, ...], module, args,
     return args, kwargs
 
 
-def install_sequence_parallel(diffusion_model: HunyuanVideo, shard: SequenceShard, attend: AttentionFn) -> None:
+def install_sequence_parallel(diffusion_model, shard: SequenceShard, attend: AttentionFn) -> None:
     install_joint(diffusion_model, shard, attend, text_first=False, begin=refuse_positional)
     for block in diffusion_model.double_blocks:
         block.register_forward_pre_hook(partial(local_modulation, shard, ("modulation_dims_img",)), with_kwargs=True)

@@ -9,20 +9,19 @@ model adds to the first ``n`` image tokens after each block (``control["input"]`
 """
 from functools import partial
 
-from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
-
 from ..parallel.attention import joint_ulysses_override
 from ..parallel.sequence import SequenceShard
 from ..parallel.ulysses import AttentionFn
-from .flux import LocalControl, gather_tokens, joint_block, split_ids, split_tokens
+from .joint import LocalControl, gather_tokens, joint_block, split_ids, split_tokens
 
-MODEL_CLASSES = (QwenImageTransformer2DModel,)
 FAMILY = "Qwen-Image"
-FSDP_BLOCKS = ("transformer_blocks",)   # ModuleLists whose items FSDP shards one by one
+MODEL_CLASSES = ("comfy.ldm.qwen_image.model.QwenImageTransformer2DModel",)
+FSDP_BLOCKS = ("transformer_blocks",)
+HOOKS = {"split": ("img_in",), "ids": ("pe_embedder",), "attention": ("transformer_blocks.*",), "gather": ("proj_out",)}
 CONTROL_KEYS = ("input",)      # residuals added to a prefix of the image tokens after each transformer block
 
 
-def num_heads(diffusion_model: QwenImageTransformer2DModel) -> int:
+def num_heads(diffusion_model) -> int:
     """Inner width over head width (RoPE spans one head), which holds also for a model without blocks."""
     return diffusion_model.inner_dim // diffusion_model.pe_embedder.dim
 
@@ -39,7 +38,7 @@ def split_ids_after_text(shard: SequenceShard, text: dict, module, args):
     return split_ids(shard, True, module, args)
 
 
-def install_sequence_parallel(diffusion_model: QwenImageTransformer2DModel, shard: SequenceShard,
+def install_sequence_parallel(diffusion_model, shard: SequenceShard,
                               attend: AttentionFn) -> None:
     override, text = joint_ulysses_override(shard, attend, text_first=True), {}
     control = LocalControl(shard, CONTROL_KEYS)

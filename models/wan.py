@@ -7,18 +7,19 @@ model code, patches and wrappers stay untouched.
 from functools import partial
 
 import torch
-from comfy.ldm.wan.model import WanModel
 
 from ..parallel.attention import ulysses_override, with_override
 from ..parallel.sequence import SequenceShard
 from ..parallel.ulysses import AttentionFn
 
-MODEL_CLASSES = (WanModel,)
 FAMILY = "Wan"
-FSDP_BLOCKS = ("blocks", "vace_blocks")   # ModuleLists whose items FSDP shards one by one
+MODEL_CLASSES = ("comfy.ldm.wan.model.WanModel", "comfy.ldm.wan.model.VaceWanModel")
+FSDP_BLOCKS = ("blocks", "vace_blocks")
+HOOKS = {"split": ("blocks.*", "vace_blocks.*?"), "attention": ("blocks.*.self_attn", "vace_blocks.*.self_attn?"),
+         "gather": ("head",)}
 
 
-def num_heads(diffusion_model: WanModel) -> int:
+def num_heads(diffusion_model) -> int:
     return diffusion_model.num_heads
 
 
@@ -72,7 +73,7 @@ def _head_post(shard: SequenceShard, module, args, out):
     return shard.gather(out)
 
 
-def install_sequence_parallel(diffusion_model: WanModel, shard: SequenceShard, attend: AttentionFn) -> None:
+def install_sequence_parallel(diffusion_model, shard: SequenceShard, attend: AttentionFn) -> None:
     override = ulysses_override(shard, attend)
     diffusion_model.register_forward_pre_hook(partial(_begin, shard))
     for block in diffusion_model.blocks:
