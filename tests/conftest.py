@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_NODES = ROOT / "tests" / "comfy_nodes" / "tandem_test_nodes"
 os.environ.setdefault("COMFYUI_PATH", str(ROOT / ".comfyui"))
 if "tandem" not in sys.modules:
     _spec = importlib.util.spec_from_file_location("tandem", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
@@ -21,7 +20,7 @@ if "tandem" not in sys.modules:
 from tandem.workers.comfyui import import_comfyui  # noqa: E402
 
 import_comfyui()
-from tandem.tests.server import ComfyServer  # noqa: E402
+from tandem.tests.server import ComfyServer, tandem_server  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -46,10 +45,7 @@ def comfy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServ
     """One real ComfyUI server for the whole session (startup is slow), SHARED by every test that uses it:
     tests may add files under ``diffusion_models_dir`` and queue prompts, but must not stop or reconfigure it.
     Besides Tandem it loads ``tests/comfy_nodes/tandem_test_nodes`` (a stand-in text encoder for CI)."""
-    server = ComfyServer(Path(os.environ["COMFYUI_PATH"]), ROOT, tmp_path_factory.mktemp("comfyui"),
-                         extra_nodes=[TEST_NODES])
-    server.start()
-    print(f"ComfyUI answered after {server.startup_s:.1f} s at {server.url}, log: {server.log_path}")
+    server = tandem_server(tmp_path_factory.mktemp("comfyui"))
     try:
         yield server
     finally:

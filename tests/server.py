@@ -6,6 +6,7 @@ as ``custom_nodes/ComfyUI-Tandem`` to prove that any clone name works; test-only
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -18,8 +19,12 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+import aiohttp
+
 STARTUP_TIMEOUT_S = 120.0
 CLONE_NAME = "ComfyUI-Tandem"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEST_NODES = REPO_ROOT / "tests" / "comfy_nodes" / "tandem_test_nodes"
 
 
 def _free_port() -> int:
@@ -125,6 +130,29 @@ class ComfyServer:
         body = {"prompt": workflow, "client_id": client_id or uuid.uuid4().hex}
         return self._request("/prompt", body)["prompt_id"]
 
+    def cancel_at(self, workflow: dict, node_id: str, step: int, timeout: float = 300.0) -> str:
+        """Queue ``workflow`` and press Cancel (POST /interrupt for this prompt, as ComfyUI's frontend does) once
+        node ``node_id`` reports ``step`` finished steps over the websocket, as a user watching its progress bar
+        would; return the prompt id."""
+        return asyncio.run(self._cancel_at(workflow, node_id, step, timeout))
+
+    async def _cancel_at(self, workflow: dict, node_id: str, step: int, timeout: float) -> str:
+        client_id = uuid.uuid4().hex
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"ws://127.0.0.1:{self.port}/ws?clientId={client_id}") as ws:
+                prompt_id = await asyncio.to_thread(self.post_prompt, workflow, client_id)
+                async with asyncio.timeout(timeout):
+                    async for message in ws:
+                        if message.type != aiohttp.WSMsgType.TEXT:
+                            continue
+                        event = json.loads(message.data)
+                        data = event["data"]
+                        if event["type"] == "progress" and data["node"] == node_id and data["value"] >= step:
+                            async with session.post(self.url + "/interrupt", json={"prompt_id": prompt_id}) as answer:
+                                answer.raise_for_status()
+                            return prompt_id
+        raise AssertionError(f"the websocket closed before node {node_id} reached step {step}:\n{self.log_tail()}")
+
     def finished(self, prompt_id: str, timeout: float = 300.0) -> dict:
         """Poll ``/history/<id>`` until the prompt finished, successfully or not; return its history entry."""
         deadline = time.monotonic() + timeout
@@ -151,3 +179,12 @@ class ComfyServer:
         if not errors:
             raise AssertionError(f"prompt {prompt_id} did not fail: {json.dumps(entry['status'], indent=1)}")
         return errors[0]
+
+
+def tandem_server(base_dir: Path) -> ComfyServer:
+    """A started ComfyUI server with this checkout as a custom node, and ``tests/comfy_nodes/tandem_test_nodes``
+    beside it (a stand-in text encoder for CI)."""
+    server = ComfyServer(Path(os.environ["COMFYUI_PATH"]), REPO_ROOT, base_dir, extra_nodes=[TEST_NODES])
+    server.start()
+    print(f"ComfyUI answered after {server.startup_s:.1f} s at {server.url}, log: {server.log_path}")
+    return server

@@ -273,10 +273,22 @@ class Group:
             for step, x0, x, total in self.steps() if on_step else ():
                 on_step(step, x0, x, total)
 
-        results = self.call("sample", key, job, on_poll=poll)
-        poll()
+        try:
+            results = self.call("sample", key, job, on_poll=poll)
+            poll()
+        except comfy.model_management.InterruptProcessingException:
+            log.info(self._cancelled())
+            raise
         self.last_stats = [stats for _, stats in results]
         return results
+
+    def _cancelled(self) -> str:
+        """The one log line a Cancel leaves (ComfyUI adds its own "Processing interrupted"): where the workers
+        stopped, so a user sees that all of them did, and no Ray traceback."""
+        if self.stopped:
+            return "Tandem: cancelled; the workers did not stop within the timeout, so the group was stopped"
+        step, total = ray.get(self.actors[0].progress.remote(), timeout=10)
+        return f"Tandem: cancelled at step {step}/{total}"
 
     def steps(self) -> list[tuple]:
         """The steps rank 0 finished since the last call: (step, x0, x, total) each. A worker too busy to answer
