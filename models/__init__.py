@@ -20,7 +20,7 @@ from ..parallel.fsdp import transformer_blocks
 from ..parallel.sequence import SequenceShard
 from ..parallel.ulysses import AttentionFn
 
-ADAPTERS = ("wan", "flux", "qwen_image", "hunyuan_video")     # modules of this package
+ADAPTERS = ("wan", "flux", "qwen_image", "hunyuan_video", "lumina")     # modules of this package
 
 # Models without attention over one token sequence: what Tandem offers them instead, said when Ulysses is asked for.
 NO_SEQUENCE = {
@@ -35,6 +35,8 @@ class Adapter(Protocol):
     FSDP_BLOCKS: tuple[str, ...]              # attributes holding the block lists FSDP shards one block at a time
     HOOKS: dict[str, tuple[str, ...]]         # role (split, ids, attention, gather, ...) -> module paths hooked;
                                               # "*" matches every item of a list, a trailing "?" marks an optional one
+                                              # role "replicated": blocks over replicated tokens only,
+                                              # which keep ComfyUI's attention and get no hook
 
     def num_heads(self, diffusion_model: torch.nn.Module) -> int: ...
 

@@ -102,6 +102,19 @@ FAMILIES: dict[str, Family] = {
                    (1, 128, 1, 4, 4), 4096, ("attention_mask",)),
     "qwen_image_min": Family(comfy.supported_models.QwenImage, {**_QWEN, "num_layers": 0, "num_attention_heads": 24},
                              True, (1, 16, 1, 8, 8), 3584, dtype=torch.bfloat16),
+    # Lumina 2 / Z-Image (NextDiT): detection fixes the head layout only at the real widths (2304 / 3840), so the
+    # tiny files load with their explicit config. Lumina 2 keeps GQA (2 heads, 1 KV head); Z-Image keeps its
+    # modulation, time scale and pad tokens (both parts padded to a multiple of 32), at the 256 width it needs.
+    "lumina2": Family(comfy.supported_models.Lumina2, dict(
+        image_model="lumina2", patch_size=2, in_channels=16, dim=192, cap_feat_dim=256, n_layers=2, qk_norm=True,
+        n_heads=2, n_kv_heads=1, axes_dims=[32, 32, 32], axes_lens=[300, 512, 512], rope_theta=10000.0,
+        ffn_dim_multiplier=1.0), False, (1, 16, 8, 8), 256, ("attention_mask",),
+        detect_overrides={"dim": 2304, "n_heads": 24, "n_kv_heads": 8, "cap_feat_dim": 2304}),
+    "z_image": Family(comfy.supported_models.ZImage, dict(
+        image_model="lumina2", patch_size=2, in_channels=16, dim=256, cap_feat_dim=256, n_layers=2, qk_norm=True,
+        n_heads=2, n_kv_heads=2, axes_dims=[32, 48, 48], axes_lens=[1536, 512, 512], rope_theta=256.0,
+        ffn_dim_multiplier=1.0, z_image_modulation=True, time_scale=1000.0, pad_tokens_multiple=32), False,
+        (1, 16, 8, 8), 256, detect_overrides={"dim": 3840, "n_heads": 30, "n_kv_heads": 30, "cap_feat_dim": 2560}),
 }
 
 

@@ -214,7 +214,7 @@ BAD_MODELS = {   # how to make the file, and what the one-line message must say 
                                   "put it there or pick another file"]),
     "ltxv": (linked("ltxv"), [
         "Tandem's sequence parallelism does not support LTXVModel models yet "
-        "(supported: Wan, Flux, Qwen-Image, HunyuanVideo)",
+        "(supported: Wan, Flux, Qwen-Image, HunyuanVideo",   # then the adapters added since
         "set Ulysses degree and Ring degree to 1 for this model"]),
     "3-heads": (linked("wan21_t2v_3heads"), [
         "Ulysses degree 2 does not divide the model's 3 attention heads: use one of 1, 3"]),
