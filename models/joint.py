@@ -24,8 +24,9 @@ class LocalControl:
     adds them to its own tokens), and nothing is kept past ``img_in``, so the residuals are freed with the forward.
     """
 
-    def __init__(self, shard: SequenceShard, keys: tuple[str, ...]):
+    def __init__(self, shard: SequenceShard, keys: tuple[str, ...], whole: bool = False):
         self.shard, self.keys = shard, keys
+        self.whole = whole     # residuals cover every image token (``img += add``): padded slices, as the tokens
         self.pending: tuple[dict, dict] | None = None     # (ComfyUI's dict, the model's) between take and fill
 
     def take(self, module, args, kwargs):
@@ -43,8 +44,9 @@ class LocalControl:
         if self.pending is None:
             return
         (full, local), self.pending = self.pending, None
+        part = self.shard.split if self.whole else self.shard.split_prefix
         for key in local.keys() & set(self.keys):
-            local[key][:] = [None if add is None else self.shard.split_prefix(add) for add in full[key]]
+            local[key][:] = [None if add is None else part(add) for add in full[key]]
 
 
 def split_tokens(shard: SequenceShard, module, args, out: torch.Tensor) -> torch.Tensor:

@@ -58,6 +58,14 @@ _HUNYUAN = dict(image_model="hunyuan_video", in_channels=16, out_channels=16, pa
                 axes_dim=[16, 56, 56], meanflow=False, context_in_dim=4096, hidden_size=256, mlp_ratio=4.0,
                 num_heads=2, depth=2, depth_single_blocks=2, theta=256, qkv_bias=True, byt5=False,
                 guidance_embed=True, use_cond_type_embedding=False, vision_in_dim=None)
+# Chroma: Flux's blocks, modulations from a small approximator (in_dim 64 = 16 + 16 + 32 is fixed by its forward);
+# Chroma Radiance: the same on 16×16 pixel patches, a per-patch NeRF head instead of final_layer (kept tiny here).
+_CHROMA = dict(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=4096, hidden_size=256,
+               mlp_ratio=4.0, num_heads=2, depth=2, depth_single_blocks=2, axes_dim=[16, 56, 56], theta=10000,
+               patch_size=2, qkv_bias=True, in_dim=64, out_dim=256, hidden_dim=64, n_layers=1)
+_CHROMA_RADIANCE = {**_CHROMA, "image_model": "chroma_radiance", "in_channels": 3, "out_channels": 3, "patch_size": 16,
+                    "nerf_hidden_size": 16, "nerf_mlp_ratio": 2, "nerf_depth": 2, "nerf_max_freqs": 8,
+                    "nerf_tile_size": 512, "nerf_final_head_type": "conv", "nerf_embedder_dtype": torch.float32}
 
 FAMILIES: dict[str, Family] = {
     "wan21_t2v": Family(comfy.supported_models.WAN21_T2V, _WAN, True, (1, 16, 1, 8, 8), 4096),
@@ -87,6 +95,14 @@ FAMILIES: dict[str, Family] = {
     "hunyuan_video_i2v": Family(   # HunyuanVideo I2V: 16 noise + 16 image + 1 mask input channels
         comfy.supported_models.HunyuanVideoI2V, {**_HUNYUAN, "in_channels": 33}, True, (1, 16, 1, 8, 8), 4096,
         ("pooled_output", "guidance")),
+    "chroma": Family(comfy.supported_models.Chroma, _CHROMA, False, (1, 16, 8, 8), 4096, ("guidance",),
+                     detect_overrides={"hidden_size": 3072, "num_heads": 24, "out_dim": 3072, "hidden_dim": 5120,
+                                       "n_layers": 5}),
+    "chroma_radiance": Family(comfy.supported_models.ChromaRadiance, _CHROMA_RADIANCE, False, (1, 3, 64, 64), 4096,
+                              ("guidance",), detect_overrides={"hidden_size": 3072, "num_heads": 24, "out_dim": 3072,
+                                                               "hidden_dim": 5120, "n_layers": 5,
+                                                               "nerf_hidden_size": 64, "nerf_mlp_ratio": 4,
+                                                               "nerf_depth": 4}),
     "flux": Family(
         comfy.supported_models.Flux,
         dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=256,
