@@ -46,6 +46,7 @@ class Family:
     dtype: torch.dtype = torch.float32
     detect_overrides: dict = field(default_factory=dict)  # unet_config changes that make the layout detectable
     scaled_fp8: bool = False     # ComfyUI's "scaled fp8" file: fp8 Linear weights, fp32 scales, fp16 biases
+    qk_norm_scale: float = 1.0   # multiplies the QK-norm gains: sharper attention, whose result shows token positions
 
 
 _WAN = dict(image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), in_dim=16, dim=256, ffn_dim=512,
@@ -66,6 +67,12 @@ _CHROMA = dict(image_model="chroma", in_channels=64, out_channels=64, context_in
 _CHROMA_RADIANCE = {**_CHROMA, "image_model": "chroma_radiance", "in_channels": 3, "out_channels": 3, "patch_size": 16,
                     "nerf_hidden_size": 16, "nerf_mlp_ratio": 2, "nerf_depth": 2, "nerf_max_freqs": 8,
                     "nerf_tile_size": 512, "nerf_final_head_type": "conv", "nerf_embedder_dtype": torch.float32}
+# Flux 2: ComfyUI's Flux class with global modulation, 4 RoPE axes (text ids on the 4th), 128-channel latents in 1×1
+# patches, references placed by "index"; detection fixes 48 heads of 128.
+_FLUX2 = dict(image_model="flux2", in_channels=128, out_channels=128, vec_in_dim=None, context_in_dim=1024,
+              hidden_size=256, mlp_ratio=3.0, num_heads=2, depth=2, depth_single_blocks=2, axes_dim=[32, 32, 32, 32],
+              theta=2000, patch_size=1, qkv_bias=False, guidance_embed=True, global_modulation=True,
+              mlp_silu_act=True, ops_bias=False, default_ref_method="index", ref_index_scale=10.0)
 
 FAMILIES: dict[str, Family] = {
     "wan21_t2v": Family(comfy.supported_models.WAN21_T2V, _WAN, True, (1, 16, 1, 8, 8), 4096),
@@ -103,6 +110,10 @@ FAMILIES: dict[str, Family] = {
                                                                "hidden_dim": 5120, "n_layers": 5,
                                                                "nerf_hidden_size": 64, "nerf_mlp_ratio": 4,
                                                                "nerf_depth": 4}),
+    # Flux 2 pads the text to 512 tokens, which draw most of the attention at random weights: sharper attention makes
+    # the result depend on the image tokens' positions (a wrong RoPE slice moves it 4e-3, not 3e-4)
+    "flux2": Family(comfy.supported_models.Flux2, _FLUX2, False, (1, 128, 8, 8), 1024, ("guidance",),
+                    detect_overrides={"hidden_size": 6144, "num_heads": 48}, qk_norm_scale=2.0),
     "flux": Family(
         comfy.supported_models.Flux,
         dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=256,
@@ -165,6 +176,10 @@ def build_model(family: str, seed: int = 0) -> comfy.model_patcher.ModelPatcher:
     """A random-weight model of ``family`` built through ComfyUI's config class with the explicit unet_config."""
     model = _model(family)
     _randomize(model.diffusion_model, seed)
+    with torch.no_grad():
+        for name, param in model.diffusion_model.named_parameters():
+            if name.endswith(("query_norm.scale", "key_norm.scale")):
+                param.mul_(FAMILIES[family].qk_norm_scale)
     return _patcher(model)
 
 
