@@ -1,7 +1,10 @@
 """HunyuanVideo (1.0, 1.5, HunyuanImage 2.1): split the image tokens after ``img_in``, gather after ``final_layer``.
 
 Built from Flux's blocks, but the joint sequence is [img; txt] (image first, also in the RoPE ids). The text token
-refiner (``txt_in``) attends over text only and keeps ComfyUI's attention.
+refiner (``txt_in``) attends over text only and keeps ComfyUI's attention. The other token streams of 1.5 and Image
+2.1, ByT5 glyph tokens (``txt_byt5``) and vision tokens (``clip_fea``), join the text before the blocks (and their
+zero RoPE ids the text's), so they are replicated with it: the joint attention takes every token past this rank's
+image slice as text, whatever its source.
 """
 from functools import partial
 
@@ -12,8 +15,8 @@ from .joint import install_joint
 FAMILY = "HunyuanVideo"
 MODEL_CLASSES = ("comfy.ldm.hunyuan_video.model.HunyuanVideo",)
 FSDP_BLOCKS = ("double_blocks", "single_blocks")
-HOOKS = {"split": ("img_in",), "ids": ("pe_embedder",), "attention": ("double_blocks.*", "single_blocks.*"),
-         "gather": ("final_layer",)}
+HOOKS = {"split": ("img_in",), "ids": ("pe_embedder",), "attention": ("double_blocks.*", "single_blocks.*?"),
+         "gather": ("final_layer",)}                  # HunyuanVideo 1.5 has no single blocks
 
 # Inputs whose tokens the model addresses by absolute position (image tokens prepended after img_in, ControlNet
 # residuals), which a split would misplace. ComfyUI has no HunyuanVideo ControlNet.

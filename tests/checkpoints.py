@@ -102,6 +102,20 @@ FAMILIES: dict[str, Family] = {
     "hunyuan_video_i2v": Family(   # HunyuanVideo I2V: 16 noise + 16 image + 1 mask input channels
         comfy.supported_models.HunyuanVideoI2V, {**_HUNYUAN, "in_channels": 33}, True, (1, 16, 1, 8, 8), 4096,
         ("pooled_output", "guidance")),
+    # HunyuanImage 2.1 (2D, 1×1 patches, 2 RoPE axes, ByT5 glyph tokens after the text, meanflow) and HunyuanVideo 1.5
+    # (1×1×1 patches, no single blocks, vision and ByT5 tokens before the text, 32 noise + 32 image + 1 mask
+    # channels): detected from the tiny files; bf16 on disk (ComfyUI runs them in fp32 on the CPU) to halve the fixed
+    # 1472→2048→2048 ByT5 mapper.
+    "hunyuan_image21": Family(
+        comfy.supported_models.HunyuanImage21,
+        {**_HUNYUAN, "in_channels": 64, "out_channels": 64, "patch_size": [1, 1], "vec_in_dim": None,
+         "axes_dim": [64, 64], "context_in_dim": 512, "byt5": True, "meanflow": True}, True, (1, 64, 8, 8), 512,
+        ("guidance",), dtype=torch.bfloat16),
+    "hunyuan_video15": Family(
+        comfy.supported_models.HunyuanVideo15,
+        {**_HUNYUAN, "in_channels": 65, "out_channels": 32, "patch_size": [1, 1, 1], "vec_in_dim": None,
+         "context_in_dim": 512, "depth_single_blocks": 0, "byt5": True, "guidance_embed": False,
+         "use_cond_type_embedding": True, "vision_in_dim": 1152}, True, (1, 32, 1, 8, 8), 512, dtype=torch.bfloat16),
     "chroma": Family(comfy.supported_models.Chroma, _CHROMA, False, (1, 16, 8, 8), 4096, ("guidance",),
                      detect_overrides={"hidden_size": 3072, "num_heads": 24, "out_dim": 3072, "hidden_dim": 5120,
                                        "n_layers": 5}),

@@ -27,7 +27,7 @@ MODES = {
     "ring2": GroupConfig(gpu_count=2, ulysses_degree=1, ring_degree=2, timeout_s=60),
     "ulysses2+fsdp": GroupConfig(gpu_count=2, ulysses_degree=2, fsdp=True, timeout_s=60),
 }
-FAMILY_NAMES = ["chroma", "chroma_radiance", "flux2"]
+FAMILY_NAMES = ["chroma", "chroma_radiance", "flux2", "hunyuan_image21", "hunyuan_video15"]
 # latent size (after batch and channels) of the square case and of the non-square, odd-token case with extras
 SIZES = {
     "chroma": ((8, 8), (6, 10)),                  # 2×2 patches: 16, 15 tokens
