@@ -3,6 +3,7 @@ from .group import TandemInit, TandemShutdown
 from .loader import TandemModelLoader
 from .lora import TandemLoraLoader
 from .sampler import XFuserKSamplerAdvanced
+from .vae import TandemVAEDecode, TandemVAEEncode
 
 NODE_CLASS_MAPPINGS = {
     "TandemInit": TandemInit,
@@ -10,6 +11,8 @@ NODE_CLASS_MAPPINGS = {
     "TandemModelLoader": TandemModelLoader,
     "TandemLoraLoader": TandemLoraLoader,
     "XFuserKSamplerAdvanced": XFuserKSamplerAdvanced,
+    "TandemVAEDecode": TandemVAEDecode,
+    "TandemVAEEncode": TandemVAEEncode,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "TandemInit": "Tandem Init",
@@ -17,4 +20,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "TandemModelLoader": "Tandem Model Loader",
     "TandemLoraLoader": "Tandem LoRA Loader",
     "XFuserKSamplerAdvanced": "XFuser KSampler (Advanced)",
+    "TandemVAEDecode": "Tandem VAE Decode",
+    "TandemVAEEncode": "Tandem VAE Encode",
 }

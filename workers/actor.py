@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
 from ..models import adapter_for, fsdp_blocks
-from ..parallel import cfg, data, formats, fsdp, lora, process_group, weights
+from ..parallel import cfg, data, formats, fsdp, lora, process_group, tiles, weights
 from ..parallel.attention import resolve_backend
 from ..parallel.degrees import GroupConfig, TandemConfigError, validate_heads
 from ..parallel.sequence import SequenceShard
@@ -43,6 +43,7 @@ class Worker:
         self.config = GroupConfig(**config)
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         self.models: dict[tuple, Resident] = {}
+        self.vaes: dict[str, object] = {}      # the VAE last used by Tandem VAE Decode / Encode, by the host's key
         self.sequence_groups = (None, None, None)   # sequence, Ulysses, Ring
         self.cfg_group = None
         self.warnings: list[str] = []
@@ -206,6 +207,29 @@ class Worker:
             lora.set_weights(patcher.model, resident.sources, patcher.patches, keys, self.device)
             resident.lora, resident.lora_keys = identity, set(patcher.patches)
         patcher.patches = {}
+
+    def vae(self, packed: bytes) -> tuple[torch.Tensor | tuple | None, dict]:
+        """Tiled VAE decode or encode of one input over the whole group (``parallel/tiles``); rank 0 returns it (as a
+        shared file when the host asked for files), every rank the tiles it ran and its peak VRAM. The VAE's weights
+        come from the host (shared files, written once while its VAE lives) and are built into ComfyUI's VAE here
+        once per host VAE; it blends its tiles on this worker's device."""
+        import comfy.sd     # not at import: it is ComfyUI's largest import, and only this method needs it
+
+        request = transport.unpack(packed)
+        if request["key"] not in self.vaes:
+            vae = comfy.sd.VAE(sd=request["sd"])
+            vae.output_device = self.device
+            self.vaes = {request["key"]: vae}
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        out, ran = tiles.run(self.vaes[request["key"]], request["method"], request["input"], request["kwargs"],
+                             self.device)
+        if out is not None:
+            out = transport.hand_over(out) if request["files"] else out.cpu()
+        stats = {"rank": self.rank, "tiles": ran}
+        if self.device.type == "cuda":
+            stats["peak_vram_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        return out, stats
 
     def steps(self) -> list[tuple]:
         """The steps rank 0 finished since the host last asked: (step, x0, x, total) each."""

@@ -136,6 +136,25 @@ def unpack(data: bytes, resolve: Callable[[str], object] | None = None):
     return _Unpickler(io.BytesIO(data), resolve).load()
 
 
+def hand_over(tensor: torch.Tensor) -> tuple[str, torch.Size, torch.dtype]:
+    """A large result for ComfyUI's host, copied (from a GPU: once, straight from device memory) into a new shared
+    file that the host takes over with ``take``: Ray would pickle and copy it twice more."""
+    nbytes = tensor.numel() * tensor.element_size()
+    path = _new_file(nbytes)
+    storage = torch.UntypedStorage.from_file(path, shared=True, nbytes=nbytes)
+    torch.empty(0, dtype=tensor.dtype).set_(storage, 0, tensor.shape).copy_(tensor)
+    return path, tensor.shape, tensor.dtype
+
+
+def take(handle: tuple[str, torch.Size, torch.dtype]) -> torch.Tensor:
+    """The tensor ``hand_over`` wrote, mapped privately; its file is removed at once (the mapping keeps the pages)."""
+    path, shape, dtype = handle
+    nbytes = shape.numel() * dtype.itemsize
+    storage = torch.UntypedStorage.from_file(path, shared=False, nbytes=nbytes)
+    os.unlink(path)
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+
+
 def clear() -> None:
     """Remove every shared file; a storage packed again is written again."""
     for _, finalizer in list(_files.values()):
