@@ -156,6 +156,13 @@ FAMILIES: dict[str, Family] = {
         n_heads=2, n_kv_heads=2, axes_dims=[32, 48, 48], axes_lens=[1536, 512, 512], rope_theta=256.0,
         ffn_dim_multiplier=1.0, z_image_modulation=True, time_scale=1000.0, pad_tokens_multiple=32), False,
         (1, 16, 8, 8), 256, detect_overrides={"dim": 3840, "n_heads": 30, "n_kv_heads": 30, "cap_feat_dim": 2560}),
+    # SD3.5 Medium's layout (MMDiT-X: RMS q/k norms, a second image-only attention in block 0), detected: heads =
+    # depth and width = 64 · depth; pos_embed for grids up to 16 × 16 patches; pooled text of 768 (real: 2048)
+    "sd35": Family(comfy.supported_models.SD3, dict(
+        in_channels=16, patch_size=2, out_channels=16, depth=2, input_size=None, adm_in_channels=768,
+        context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 128}},
+        num_patches=256, pos_embed_max_size=16, qk_norm="rms", pos_embed_scaling_factor=None,
+        x_block_self_attn_layers=[0]), True, (1, 16, 8, 8), 4096, ("pooled_output",)),
 }
 
 
@@ -171,6 +178,10 @@ def _randomize(module: torch.nn.Module, seed: int) -> None:
             if param.ndim == 1 and "norm" in name and not name.endswith("bias"):
                 values += 1.0
             param.copy_(values)
+        saved = module.state_dict().keys()     # saved buffers (SD3's pos_embed) start as torch.empty too
+        for name, buffer in module.named_buffers():
+            if name in saved and buffer.is_floating_point():
+                buffer.copy_(torch.randn(buffer.shape, generator=generator) * 0.02)
 
 
 def _model(family: str) -> comfy.model_base.BaseModel:

@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from tandem.models import fsdp_blocks
 from tandem.parallel.degrees import GroupConfig
 from tandem.tests.checkpoints import FAMILIES, build_model
 from tandem.tests.test_wan_usp import SampleRequest, ksampler
@@ -23,27 +24,53 @@ MODES = {
     "ring2": GroupConfig(gpu_count=2, ulysses_degree=1, ring_degree=2, timeout_s=60),
     "ulysses2+fsdp": GroupConfig(gpu_count=2, ulysses_degree=2, fsdp=True, timeout_s=60),
 }
-SIZES = {"16-tokens": (8, 8), "15-tokens": (6, 10)}
-ATTENTIONS = {"lumina2": 4, "z_image": 4}     # sequence-parallel attentions per forward (refiner + main blocks)
-FAMILY_NAMES = ("lumina2", "z_image")
-CASES = [(mode, family, size) for mode in MODES for family in FAMILY_NAMES for size in SIZES]
+SIZES = {"16-tokens": (8, 8), "15-tokens": (6, 10), "15-tokens+controlnet": (6, 10)}
+# sequence-parallel attentions per forward: NextDiT's 2 noise-refiner + 2 main blocks; the tiny SD3.5's 2 joint
+# blocks, the first with a second, image-only attention
+ATTENTIONS = {"lumina2": 4, "z_image": 4, "sd35": 3}
+FAMILY_NAMES = ("lumina2", "z_image", "sd35")
+CASES = [(mode, family, size) for mode in MODES for family in FAMILY_NAMES for size in SIZES
+         if "controlnet" not in size or family == "sd35"]
 
 
-def request(family: str, size: tuple[int, int]) -> SampleRequest:
-    """Distinct positive and negative text (12 and 7 tokens); Lumina 2's carry masks with padding at the end."""
+def request(family: str, size: str) -> SampleRequest:
+    """Distinct positive and negative text (12 and 7 tokens); Lumina 2's carry masks with padding at the end, SD3's a
+    pooled vector (and, for a "+controlnet" size, a ControlNet)."""
     spec = FAMILIES[family]
     g = torch.Generator().manual_seed(7)
     conds = []
     for tokens, padding in ((12, 3), (7, 2)):
-        extra = {}
+        extra = {"pooled_output": torch.randn(1, 768, generator=g)} if "pooled_output" in spec.extra_cond else {}
         if "attention_mask" in spec.extra_cond:
             extra["attention_mask"] = torch.ones(1, tokens)
             extra["attention_mask"][:, tokens - padding:] = 0.0
         conds.append([[torch.randn(1, tokens, spec.context_dim, generator=g), extra]])
-    return SampleRequest(add_noise=True, noise_seed=42, steps=STEPS, cfg=5.0, sampler_name="euler",
-                         scheduler="simple", positive=conds[0], negative=conds[1],
-                         latent={"samples": torch.zeros(1, 16, *size)}, start_at_step=0, end_at_step=10000,
-                         return_with_leftover_noise=False)
+    req = SampleRequest(add_noise=True, noise_seed=42, steps=STEPS, cfg=5.0, sampler_name="euler", scheduler="simple",
+                        positive=conds[0], negative=conds[1], latent={"samples": torch.zeros(1, 16, *SIZES[size])},
+                        start_at_step=0, end_at_step=10000, return_with_leftover_noise=False)
+    return sd3_controlnet(req, SIZES[size]) if "controlnet" in size else req
+
+
+def sd3_controlnet(req: SampleRequest, size: tuple[int, int]) -> SampleRequest:
+    """``req`` through ComfyUI's ControlNetApplyAdvanced with a one-block SD3 ControlNet (ComfyUI's
+    ``comfy.cldm.mmdit.ControlNet`` at the tiny width; its residual is added to every image token after the first
+    joint block). The hint enters at latent size without a VAE (3 channels), which changes only how the hint is
+    embedded; the ControlNet stops at 70%, so the last step runs without it."""
+    import comfy.cldm.mmdit
+    import comfy.controlnet
+    import comfy.model_management
+    import comfy.ops
+    import nodes
+    from tandem.tests.test_controlnet import hint_image, randomize
+
+    model = comfy.cldm.mmdit.ControlNet(num_blocks=1, control_latent_channels=3, dtype=torch.float32,
+                                        operations=comfy.ops.disable_weight_init, **FAMILIES["sd35"].unet_config)
+    randomize(model, seed=11)
+    control = comfy.controlnet.ControlNet(model, compression_ratio=1, load_device=comfy.model_management.get_torch_device(),
+                                          manual_cast_dtype=None)
+    req.positive, req.negative = nodes.ControlNetApplyAdvanced().apply_controlnet(
+        req.positive, req.negative, control, hint_image(size), 0.8, 0.0, 0.7)
+    return req
 
 
 def patched(model, family: str):
@@ -70,7 +97,7 @@ _expected: dict[tuple[str, str], torch.Tensor] = {}
 def expected(path: str, family: str, size: str) -> torch.Tensor:
     """Single-process ComfyUI's latent, computed once per family and size for every mode."""
     if (family, size) not in _expected:
-        _expected[family, size] = single_process_patched(path, family, request(family, SIZES[size]))
+        _expected[family, size] = single_process_patched(path, family, request(family, size))
     return _expected[family, size]
 
 
@@ -84,10 +111,11 @@ def single_process_patched(path: str, family: str, req: SampleRequest) -> torch.
 def test_single_stream_families_equal_single_process(_tandem_session, checkpoint, mode, family, size):
     from tandem.nodes.loader import load
 
-    path, unet_config = str(checkpoint(family)), FAMILIES[family].unet_config
+    path = str(checkpoint(family))
+    unet_config = None if FAMILIES[family].detected else FAMILIES[family].unet_config
     group = groups.start(MODES[mode])
     infos = group.call("load", path, "default", unet_config)
-    latent = ksampler(patched(load(group, path, unet_config=unet_config), family), request(family, SIZES[size]))
+    latent = ksampler(patched(load(group, path, unet_config=unet_config), family), request(family, size))
     stats, reference = group.last_stats, expected(path, family, size)
     error = ((latent - reference).norm() / reference.norm()).item()
     print(f"{family} {size} {mode}: relative error {error:.2e}, per-rank stats {stats}")
@@ -96,6 +124,13 @@ def test_single_stream_families_equal_single_process(_tandem_session, checkpoint
     for rank_stats in stats:                     # each rank's blocks held its share of the image tokens, never all
         assert rank_stats["block_tokens"] == [math.ceil(image_tokens(family, SIZES[size]) / 2)]
         assert rank_stats["attention_calls"] >= 2 * STEPS * ATTENTIONS[family]   # positive and negative apart
+    if "controlnet" in size:                     # the residuals matter far beyond the tolerance
+        plain = expected(path, family, size.split("+")[0])
+        assert ((reference - plain).norm() / plain.norm()).item() > 1e-3
     if MODES[mode].fsdp:
-        total = sum(p.numel() for p in build_model(family).model.diffusion_model.parameters())
-        assert all(0.45 * total <= info["local_params"] <= 0.55 * total for info in infos), infos
+        # every block's parameters sharded in two; the root's too, but they stay gathered once a forward ran
+        model = build_model(family).model.diffusion_model
+        blocks = sum(p.numel() for block in fsdp_blocks(model) for p in block.parameters())
+        rest = sum(p.numel() for p in model.parameters()) - blocks
+        local = [info["local_params"] for info in infos]
+        assert all(0.45 * (rest + blocks) <= n <= rest + 0.55 * blocks for n in local), (local, rest, blocks)

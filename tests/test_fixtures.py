@@ -13,7 +13,8 @@ import comfy.model_detection  # noqa: E402  (importable once checkpoints ran imp
 CLASS_NAMES = {"wan21_t2v": "WAN21_T2V", "wan21_t2v_3heads": "WAN21_T2V", "wan21_t2v_8heads": "WAN21_T2V",
                "wan21_i2v": "WAN21_I2V",
                "hunyuan_video": "HunyuanVideo", "hunyuan_video_i2v": "HunyuanVideoI2V", "flux": "Flux", "qwen_image": "QwenImage",
-               "qwen_image_min": "QwenImage", "ltxv": "LTXV", "lumina2": "Lumina2", "z_image": "ZImage"}
+               "qwen_image_min": "QwenImage", "ltxv": "LTXV", "lumina2": "Lumina2", "z_image": "ZImage",
+               "sd35": "SD3"}
 
 
 @pytest.mark.parametrize("family", CLASS_NAMES)
