@@ -79,8 +79,7 @@ class Worker:
 
         ``unet_config`` overrides what ComfyUI's detection infers from the file's keys; ``fanout`` (one of
         ``weights.FANOUTS``) overrides how the host's ranks share reading the file (see ``_fanout``)."""
-        stat = os.stat(path)
-        key = (path, weight_dtype, stat.st_size, stat.st_mtime_ns, json.dumps(unet_config, sort_keys=True), fanout)
+        key = (path, weight_dtype, formats.identity(path), json.dumps(unet_config, sort_keys=True), fanout)
         if key not in self.models:
             try:
                 self.models[key] = self._load(path, weights.model_options(weight_dtype), unet_config,
