@@ -20,7 +20,7 @@ from ..parallel.fsdp import transformer_blocks
 from ..parallel.sequence import SequenceShard
 from ..parallel.ulysses import AttentionFn
 
-ADAPTERS = ("wan", "flux", "qwen_image", "hunyuan_video", "chroma", "chroma_radiance", "lumina", "sd3")     # modules of this package
+ADAPTERS = ("wan", "flux", "qwen_image", "hunyuan_video", "chroma", "chroma_radiance", "lumina", "sd3", "ltxv")     # modules of this package
 
 # Models without attention over one token sequence: what Tandem offers them instead, said when Ulysses is asked for.
 NO_SEQUENCE = {

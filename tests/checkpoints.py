@@ -137,9 +137,9 @@ FAMILIES: dict[str, Family] = {
         detect_overrides={"hidden_size": 3072, "num_heads": 24}),
     "qwen_image": Family(comfy.supported_models.QwenImage, _QWEN, False, (1, 16, 1, 8, 8), 3584,
                          detect_overrides={"num_attention_heads": 24}),
-    # a family Tandem's sequence parallelism does not cover (yet), small and detected: the "unsupported" error case
+    # LTXV: 32 heads of 8 (detection fixes 32 heads), 2 blocks
     "ltxv": Family(comfy.supported_models.LTXV,
-                   dict(image_model="ltxv", num_layers=1, attention_head_dim=8, cross_attention_dim=256), True,
+                   dict(image_model="ltxv", num_layers=2, attention_head_dim=8, cross_attention_dim=256), True,
                    (1, 128, 1, 4, 4), 4096, ("attention_mask",)),
     "qwen_image_min": Family(comfy.supported_models.QwenImage, {**_QWEN, "num_layers": 0, "num_attention_heads": 24},
                              True, (1, 16, 1, 8, 8), 3584, dtype=torch.bfloat16),
@@ -163,6 +163,12 @@ FAMILIES: dict[str, Family] = {
         context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 128}},
         num_patches=256, pos_embed_max_size=16, qk_norm="rms", pos_embed_scaling_factor=None,
         x_block_self_attn_layers=[0]), True, (1, 16, 8, 8), 4096, ("pooled_output",)),
+    # a model Tandem's sequence parallelism does not cover, small and detected: the "unsupported" error case. Wan 2.2
+    # Fun Camera (CameraWanModel has its own forward, which the Wan adapter does not claim); without camera
+    # conditions it samples as T2V. (Cosmos Predict2, the smaller-looking choice, computes RoPE buffers at
+    # construction, which Tandem's meta-device loading cannot fill yet.)
+    "wan22_camera": Family(comfy.supported_models.WAN22_Camera, {**_WAN, "model_type": "camera_2.2", "in_dim": 36},
+                           True, (1, 16, 1, 8, 8), 4096),
 }
 
 

@@ -1,11 +1,14 @@
-"""Lumina 2, Z-Image and SD3 under Ulysses 2, Ring 2 and Ulysses 2 + FSDP equal ComfyUI's KSamplerAdvanced in one
-process (fp32), at a square latent (16 image tokens) and a non-square one (15: the split pads the second rank).
+"""Lumina 2, Z-Image, SD3 and LTXV under Ulysses 2, Ring 2 and Ulysses 2 + FSDP equal ComfyUI's KSamplerAdvanced in
+one process (fp32), at a square latent (16 image tokens) and a non-square one with an odd token count (15, or LTXV's
+45: the split pads the second rank).
 
-Each family's own inputs are exercised: Lumina 2's text attention masks (the caption refiner attends under them,
-replicated on every rank), Z-Image's pad tokens, ScaleROPE's shifted and scaled RoPE positions and ComfyUI's
-Z-Image sampling (ModelSamplingAuraFlow, shift 3). The tiny Lumina 2 / Z-Image files load with their explicit
-config (ComfyUI detects the head layout only at the real widths), so the tiny Z-Image loads as ComfyUI's Lumina2
-config: the ModelSampling node gives both sides the same sampling. Tests run mode by mode, so each group starts once.
+Each family's own inputs are exercised: Lumina 2's GQA and text attention masks (the caption refiner attends under
+them, replicated on every rank); Z-Image's pad tokens, ScaleROPE's shifted and scaled RoPE positions and ComfyUI's
+Z-Image sampling (ModelSamplingAuraFlow, shift 3); SD3.5 Medium's second image-only attention, pooled text and an
+SD3 ControlNet; LTXV's text masks and image-to-video noise mask (one timestep per token). The tiny Lumina 2 /
+Z-Image files load with their explicit config (ComfyUI detects the head layout only at the real widths), so the tiny
+Z-Image loads as ComfyUI's Lumina2 config: the ModelSampling node gives both sides the same sampling. Tests run mode
+by mode, so each group starts once.
 """
 import math
 
@@ -14,23 +17,26 @@ import torch
 
 from tandem.models import fsdp_blocks
 from tandem.parallel.degrees import GroupConfig
-from tandem.tests.checkpoints import FAMILIES, build_model
+from tandem.tests.checkpoints import FAMILIES, build_model, load_checkpoint
 from tandem.tests.test_wan_usp import SampleRequest, ksampler
 from tandem.workers import group as groups
 
 STEPS = 3
-MODES = {
-    "ulysses2": GroupConfig(gpu_count=2, ulysses_degree=2, timeout_s=60),
-    "ring2": GroupConfig(gpu_count=2, ulysses_degree=1, ring_degree=2, timeout_s=60),
+MODES = {   # in the suite the previous file leaves Ulysses 2 + FSDP running: it goes first
     "ulysses2+fsdp": GroupConfig(gpu_count=2, ulysses_degree=2, fsdp=True, timeout_s=60),
+    "ring2": GroupConfig(gpu_count=2, ulysses_degree=1, ring_degree=2, timeout_s=60),
+    "ulysses2": GroupConfig(gpu_count=2, ulysses_degree=2, timeout_s=60),
 }
-SIZES = {"16-tokens": (8, 8), "15-tokens": (6, 10), "15-tokens+controlnet": (6, 10)}
+SIZES = {"16-tokens": (8, 8), "15-tokens": (6, 10), "15-tokens+controlnet": (6, 10),   # latent [frames ×] H × W
+         "16-tokens-video": (1, 4, 4), "45-tokens-video+i2v": (3, 3, 5)}
+FAMILY_SIZES = {"lumina2": ("16-tokens", "15-tokens"), "z_image": ("16-tokens", "15-tokens"),
+                "sd35": ("16-tokens", "15-tokens", "15-tokens+controlnet"),
+                "ltxv": ("16-tokens-video", "45-tokens-video+i2v")}
+PATCH = {"ltxv": 1}       # latent pixels per token side (frames are never patched); the others 2
 # sequence-parallel attentions per forward: NextDiT's 2 noise-refiner + 2 main blocks; the tiny SD3.5's 2 joint
-# blocks, the first with a second, image-only attention
-ATTENTIONS = {"lumina2": 4, "z_image": 4, "sd35": 3}
-FAMILY_NAMES = ("lumina2", "z_image", "sd35")
-CASES = [(mode, family, size) for mode in MODES for family in FAMILY_NAMES for size in SIZES
-         if "controlnet" not in size or family == "sd35"]
+# blocks, the first with a second, image-only attention; LTXV's self-attention in each of its 2 blocks
+ATTENTIONS = {"lumina2": 4, "z_image": 4, "sd35": 3, "ltxv": 2}
+CASES = [(mode, family, size) for mode in MODES for family, sizes in FAMILY_SIZES.items() for size in sizes]
 
 
 def request(family: str, size: str) -> SampleRequest:
@@ -41,13 +47,19 @@ def request(family: str, size: str) -> SampleRequest:
     conds = []
     for tokens, padding in ((12, 3), (7, 2)):
         extra = {"pooled_output": torch.randn(1, 768, generator=g)} if "pooled_output" in spec.extra_cond else {}
-        if "attention_mask" in spec.extra_cond:
-            extra["attention_mask"] = torch.ones(1, tokens)
-            extra["attention_mask"][:, tokens - padding:] = 0.0
+        if "attention_mask" in spec.extra_cond:     # as the text encoders give it: 1 for a token, 0 for padding
+            extra["attention_mask"] = torch.ones(1, tokens, dtype=torch.long)
+            extra["attention_mask"][:, tokens - padding:] = 0
         conds.append([[torch.randn(1, tokens, spec.context_dim, generator=g), extra]])
+    shape = (1, spec.latent_shape[1], *SIZES[size])
+    latent = {"samples": torch.zeros(shape)}
+    if "i2v" in size:     # as LTXVImgToVideo: a given first frame, kept by the noise mask (one timestep per token)
+        latent["samples"][:, :, 0] = torch.randn(shape[:2] + shape[3:], generator=g)
+        latent["noise_mask"] = torch.ones(1, 1, *shape[2:])
+        latent["noise_mask"][:, :, 0] = 0.0
     req = SampleRequest(add_noise=True, noise_seed=42, steps=STEPS, cfg=5.0, sampler_name="euler", scheduler="simple",
-                        positive=conds[0], negative=conds[1], latent={"samples": torch.zeros(1, 16, *SIZES[size])},
-                        start_at_step=0, end_at_step=10000, return_with_leftover_noise=False)
+                        positive=conds[0], negative=conds[1], latent=latent, start_at_step=0, end_at_step=10000,
+                        return_with_leftover_noise=False)
     return sd3_controlnet(req, SIZES[size]) if "controlnet" in size else req
 
 
@@ -84,9 +96,10 @@ def patched(model, family: str):
     return ScaleROPE.execute(model, 1.5, 2.0, 0.5, -1.0, 1.0, 0.0)[0]
 
 
-def image_tokens(family: str, size: tuple[int, int]) -> int:
-    """Image tokens the blocks run on: 2×2 patches, then the model's own padding (Z-Image: a multiple of 32)."""
-    tokens = math.ceil(size[0] / 2) * math.ceil(size[1] / 2)
+def image_tokens(family: str, size: tuple[int, ...]) -> int:
+    """Image tokens the blocks run on: patches, then the model's own padding (Z-Image: a multiple of 32)."""
+    patch = PATCH.get(family, 2)
+    tokens = math.prod(size[:-2]) * math.ceil(size[-2] / patch) * math.ceil(size[-1] / patch)
     multiple = FAMILIES[family].unet_config.get("pad_tokens_multiple") or 1
     return -(-tokens // multiple) * multiple
 
@@ -102,8 +115,6 @@ def expected(path: str, family: str, size: str) -> torch.Tensor:
 
 
 def single_process_patched(path: str, family: str, req: SampleRequest) -> torch.Tensor:
-    from tandem.tests.checkpoints import load_checkpoint
-
     return ksampler(patched(load_checkpoint(path, family), family), req)
 
 
@@ -134,3 +145,37 @@ def test_single_stream_families_equal_single_process(_tandem_session, checkpoint
         rest = sum(p.numel() for p in model.parameters()) - blocks
         local = [info["local_params"] for info in infos]
         assert all(0.45 * (rest + blocks) <= n <= rest + 0.55 * blocks for n in local), (local, rest, blocks)
+
+
+def _roll_rope(family: str, model) -> None:
+    """Hooks that give every block the image tokens' RoPE rows rolled by half the tokens: what a rank given its
+    neighbour's rows would use."""
+    def roll(rows: torch.Tensor, dim: int) -> torch.Tensor:
+        return rows.roll(rows.shape[dim] // 2, dims=dim)
+
+    if family == "ltxv":
+        for block in model.transformer_blocks:
+            block.register_forward_pre_hook(lambda m, args, kw: (args, {**kw, "pe": roll(kw["pe"], 2)}),
+                                            with_kwargs=True)
+        return
+    image = {}
+    for block in model.noise_refiner:     # (image, mask, image rows, t)
+        block.register_forward_pre_hook(lambda m, args: image.update(tokens=args[0].shape[1]) or
+                                        (args[0], args[1], roll(args[2], 1), *args[3:]))
+    for block in model.layers:            # ([caption; image], mask, rows of both, adaln)
+        block.register_forward_pre_hook(lambda m, args: (args[0], args[1], torch.cat(
+            (args[2][:, :-image["tokens"]], roll(args[2][:, -image["tokens"]:], 1)), dim=1), *args[3:]))
+
+
+@pytest.mark.parametrize("family,size", [("lumina2", "15-tokens"), ("ltxv", "45-tokens-video+i2v")])
+def test_a_wrong_rope_slice_is_caught(checkpoint, family, size):
+    """The equalities above hold only with each rank's own RoPE rows: ComfyUI alone with the image rows rolled by half
+    the tokens moves the result well beyond the tolerance (Lumina 2 ~2e-2; LTXV, whose tiny blocks barely use
+    positions, ~9e-4)."""
+    path = str(checkpoint(family))
+    patcher = load_checkpoint(path, family)
+    _roll_rope(family, patcher.model.diffusion_model)
+    wrong, reference = ksampler(patcher, request(family, size)), expected(path, family, size)
+    error = ((wrong - reference).norm() / reference.norm()).item()
+    print(f"{family}: a wrong RoPE slice moves the result by {error:.2e}")
+    assert error > 5e-4
