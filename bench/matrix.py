@@ -45,6 +45,13 @@ _WAN = dict(image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), freq_d
             window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6, in_dim=16, out_dim=16)
 _WAN21 = dict(size="832x480x81", latent=_video(16, 8), patch=(1, 2, 2), context=(512, 4096), cfg=5.0)
 
+_CHROMA = dict(image_model="chroma", axes_dim=[16, 56, 56], num_heads=24, mlp_ratio=4.0, theta=10000, out_channels=64,
+               qkv_bias=True, in_channels=64, hidden_size=3072, context_in_dim=4096, patch_size=2, depth=19,
+               depth_single_blocks=38, in_dim=64, out_dim=3072, hidden_dim=5120, n_layers=5)
+_LUMINA2 = dict(image_model="lumina2", patch_size=2, in_channels=16, dim=2304, cap_feat_dim=2304, n_layers=26,
+                qk_norm=True, n_heads=24, n_kv_heads=8, axes_dims=[32, 32, 32], axes_lens=[300, 512, 512],
+                rope_theta=10000.0, ffn_dim_multiplier=4.0)
+
 MODELS: dict[str, Model] = {
     "tiny-wan": Model("WAN21_T2V", {**_WAN, "dim": 256, "ffn_dim": 512, "num_heads": 2, "num_layers": 2},
                       **{**_WAN21, "size": "16x16x5"}),
@@ -68,6 +75,8 @@ MODELS: dict[str, Model] = {
         depth=20, depth_single_blocks=40, theta=256, qkv_bias=True, byt5=False, guidance_embed=True,
         use_cond_type_embedding=False, vision_in_dim=None),
         "1280x720x33", _video(16, 8), (1, 2, 2), (128, 4096), 1.0, {"pooled_output": 768}),
+    "chroma-8.9b": Model("Chroma", _CHROMA, "1024x1024", _image, (2, 2), (512, 4096), 4.0, {"pooled_output": 768}),
+    "lumina2-2.6b": Model("Lumina2", _LUMINA2, "1024x1024", _image, (2, 2), (256, 2304), 4.0),
 }
 
 
