@@ -1,7 +1,6 @@
 """Data parallel: the latent batch (several seeds or images at once) split over replicas of the whole layout.
 
-Ranks are laid out [dp][cfg][sequence]: replica d is the d-th block of ``cfg_degree × sequence_degree`` consecutive
-ranks. Every replica takes ``ceil(batch / dp)`` rows of the batch, so all replicas run the same number of model calls
+Replica d is the d-th block of ``cfg_degree × sequence_degree`` consecutive ranks (``layout``). Every replica takes ``ceil(batch / dp)`` rows of the batch, so all replicas run the same number of model calls
 on the same shapes — FSDP's all-gathers span every rank, and a replica that ran fewer calls would leave the others
 waiting. A replica short of rows repeats its last one (or the batch's last) and drops the repeat afterwards. The
 noise is drawn for the whole batch, as ComfyUI draws it, before the split, so each row gets the noise it would get
@@ -9,16 +8,6 @@ in one process.
 """
 import math
 
-from .degrees import GroupConfig
-
-
-def replica_of(config: GroupConfig, rank: int) -> int:
-    return rank // (config.cfg_degree * config.sequence_degree)
-
-
-def leads_replica(config: GroupConfig, rank: int) -> bool:
-    """The replica's first rank returns its rows of the latent (the others hold the same rows)."""
-    return rank % (config.cfg_degree * config.sequence_degree) == 0
 
 
 def batch_rows(batch: int, dp: int, replica: int) -> tuple[list[int], int]:

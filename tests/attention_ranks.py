@@ -20,7 +20,7 @@ if "tandem" not in sys.modules:    # the checkout may be named anything: import 
                                                     submodule_search_locations=[str(ROOT)])
     sys.modules["tandem"] = importlib.util.module_from_spec(_spec)
 
-from tandem.parallel import process_group  # noqa: E402
+from tandem.parallel import layout, process_group  # noqa: E402
 from tandem.parallel.degrees import GroupConfig  # noqa: E402
 from tandem.parallel.sequence import SequenceShard  # noqa: E402
 from tandem.parallel.ulysses import joint_ulysses_attention, ulysses_attention  # noqa: E402
@@ -72,8 +72,8 @@ def main(rank: int, world: int, port: int) -> None:
     errors = {}
     for ulysses, ring in LAYOUTS[world]:
         config = GroupConfig(gpu_count=world, ulysses_degree=ulysses, ring_degree=ring)
-        sequence, ulysses_group, ring_group = process_group.sequence_groups(config, rank)
-        shard = SequenceShard(sequence, ulysses_group=ulysses_group, ring_group=ring_group)
+        grid = layout.build(config, rank, "127.0.0.1")
+        shard = SequenceShard(grid.sequence, ulysses_group=grid.ulysses, ring_group=grid.ring)
         for seed, tokens in enumerate(TOKENS):
             for name, text_first in TEXT.items():
                 errors[f"U{ulysses}xR{ring} {tokens}-tokens {name} fp32"] = case_error(

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
 from ..models import adapter_for, fsdp_blocks
-from ..parallel import cfg, data, formats, fsdp, lora, process_group, tiles, weights
+from ..parallel import cfg, data, formats, fsdp, layout, lora, process_group, tiles, weights
 from ..parallel.attention import resolve_backend
 from ..parallel.degrees import GroupConfig, TandemConfigError, validate_heads
 from ..parallel.sequence import SequenceShard
@@ -44,8 +44,7 @@ class Worker:
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         self.models: dict[tuple, Resident] = {}
         self.vaes: dict[str, object] = {}      # the VAE last used by Tandem VAE Decode / Encode, by the host's key
-        self.sequence_groups = (None, None, None)   # sequence, Ulysses, Ring
-        self.cfg_group = None
+        self.layout: layout.Layout | None = None
         self.warnings: list[str] = []
         self._progress = (0, 0)
         self._steps: list[tuple] = []  # (step, x0, x, total) not yet fetched by the host (rank 0, with previews)
@@ -60,16 +59,14 @@ class Worker:
         """Join the process group, pass the self-test, build the layout's sub-groups."""
         process_group.join(host, port, self.rank, self.config.world_size, self.device, self.config.timeout_s)
         process_group.self_test(self.device, self.config.timeout_s)
-        self.host_group = process_group.host_group(ray.util.get_node_ip_address(), self.rank)
-        self.sequence_groups = process_group.sequence_groups(self.config, self.rank)
-        self.cfg_group = cfg.cfg_group(self.config, self.rank)
+        self.layout = layout.build(self.config, self.rank, ray.util.get_node_ip_address())
         self.mesh = init_device_mesh(self.device.type, (self.config.world_size,)) if self.config.fsdp else None
         self.attend, warning = resolve_backend(self.config.attention, self.device, self.config.ring_degree > 1)
         if warning:
             self.warnings.append(warning)
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         return {"rank": self.rank, "pid": os.getpid(), "host": ray.util.get_node_ip_address(), "device": name,
-                "warnings": self.warnings}
+                "warnings": self.warnings, "layout": self.layout.describe()}
 
     def ping(self) -> int:
         return os.getpid()
@@ -104,25 +101,25 @@ class Worker:
         choice = choice or ("striped" if self.device.type == "cuda" else "every-rank")
         if choice not in weights.FANOUTS:
             raise TandemConfigError(f"unknown weight fan-out {choice!r}: use one of {', '.join(weights.FANOUTS)}")
-        if choice == "every-rank" or dist.get_world_size(self.host_group) == 1:
+        if choice == "every-rank" or dist.get_world_size(self.layout.host) == 1:
             return None
-        return weights.Fanout(self.host_group, striped=choice == "striped")
+        return weights.Fanout(self.layout.host, striped=choice == "striped")
 
     def _load(self, path: str, options: dict, unet_config: dict | None, fanout: weights.Fanout | None) -> Resident:
         """One pipeline for every format: open (model on ``meta``), install sequence parallelism, shard, fill."""
         opened = formats.format_of(path).open(path, options, unet_config)
         model, diffusion_model = opened.model, opened.model.diffusion_model
         shard = None
-        sequence, ulysses, ring = self.sequence_groups
-        if sequence is not None:
+        grid = self.layout
+        if grid.sequence is not None:
             adapter = adapter_for(diffusion_model)
             validate_heads(self.config.ulysses_degree, adapter.num_heads(diffusion_model))
-            shard = SequenceShard(sequence, ulysses_group=ulysses, ring_group=ring)
+            shard = SequenceShard(grid.sequence, ulysses_group=grid.ulysses, ring_group=grid.ring)
             adapter.install_sequence_parallel(diffusion_model, shard, self.attend)
         if self.config.fsdp:
             fsdp.shard(diffusion_model, fsdp_blocks(diffusion_model), self.mesh, self.config.fsdp_cpu_offload)
             diffusion_model.to_empty(device="cpu" if self.config.fsdp_cpu_offload else self.device)
-        local_ranks = dist.get_world_size(self.host_group)
+        local_ranks = dist.get_world_size(self.layout.host)
         missing = weights.materialize(diffusion_model, opened.sd, self.device, opened.ranges, fanout,
                                       reader_threads(local_ranks), opened.decode)
         if missing:
@@ -147,10 +144,10 @@ class Worker:
         job: Job = transport.unpack(packed, partial(self._resolve, patcher))
         job.apply(patcher)
         self._patch_weights(resident, patcher)
-        if self.cfg_group is not None:     # innermost: the guider's options already hold the host's wrappers
+        if self.layout.cfg is not None:     # innermost: the guider's options already hold the host's wrappers
             comfy.patcher_extension.add_wrapper_with_key(
                 comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, "tandem_cfg",
-                cfg.split_branches(self.cfg_group, cfg.branch_of(self.config, self.rank)),
+                cfg.split_branches(self.layout.cfg, self.layout.at.branch),
                 job.guider.model_options, is_model_options=True)
         shard = resident.shard
         if shard is not None:
@@ -175,8 +172,7 @@ class Worker:
         controlnet.place(job.guider.original_conds.values(), self.device)
         own = None
         if self.config.dp_degree > 1:
-            rows, own = data.batch_rows(job.latent_image.shape[0], self.config.dp_degree,
-                                        data.replica_of(self.config, self.rank))
+            rows, own = data.batch_rows(job.latent_image.shape[0], self.config.dp_degree, self.layout.at.replica)
             job.take_rows(rows)
         samples = job.run(on_step)[:own]
         stats = {"rank": self.rank, "rows": self._rows, **(shard.stats() if shard else {}),
@@ -184,7 +180,7 @@ class Worker:
                  "setup_s": step_ends[0] - started, "run_s": time.perf_counter() - step_ends[0]}
         if self.device.type == "cuda":
             stats["peak_vram_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
-        leads = data.leads_replica(self.config, self.rank) and len(samples)
+        leads = self.layout.leads_replica and len(samples)
         return (samples.cpu() if leads else None), stats
 
     def _resolve(self, patcher: comfy.model_patcher.ModelPatcher, name: str):
