@@ -159,6 +159,19 @@ def materialize(module: torch.nn.Module, sd: dict, device: torch.device, ranges:
     return missing + [n for n in unfilled if n not in missing]
 
 
+def refuse_computed_buffers(module: torch.nn.Module, sd: dict) -> None:
+    """A buffer a model computes when it is built (Cosmos Predict2's RoPE ranges) and does not save is lost on
+    ``meta``; under FSDP ``to_empty`` would leave it uninitialised and the result silently wrong, so such a model is
+    refused in one line before anything is allocated."""
+    persistent = set(module.state_dict(keep_vars=True))
+    computed = [name for name, buffer in module.named_buffers()
+                if buffer.is_meta and name not in persistent and name not in sd]
+    if computed:
+        raise TandemConfigError(f"{type(module).__name__} computes {len(computed)} buffers when it is built (e.g. "
+                                f"{computed[0]}), which Tandem's loading cannot fill yet: load this model with "
+                                "ComfyUI's Load Diffusion Model")
+
+
 def assign(owner: torch.nn.Module, attr: str, value: torch.Tensor) -> None:
     """Make ``value`` the parameter or buffer ``owner.attr`` (a new tensor; the old one is not written)."""
     if attr in owner._parameters:

@@ -116,6 +116,7 @@ class Worker:
             validate_heads(self.config.ulysses_degree, adapter.num_heads(diffusion_model))
             shard = SequenceShard(grid.sequence, ulysses_group=grid.ulysses, ring_group=grid.ring)
             adapter.install_sequence_parallel(diffusion_model, shard, self.attend)
+        weights.refuse_computed_buffers(diffusion_model, opened.sd)
         if self.config.fsdp:
             fsdp.shard(diffusion_model, fsdp_blocks(diffusion_model), self.mesh, self.config.fsdp_cpu_offload)
             diffusion_model.to_empty(device="cpu" if self.config.fsdp_cpu_offload else self.device)
