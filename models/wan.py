@@ -1,8 +1,9 @@
-"""Wan 2.1 / 2.2 (T2V, I2V, TI2V, VACE): split the tokens after patch embedding, gather after the head.
+"""Wan 2.1 / 2.2 (T2V, I2V, TI2V, VACE, Fun Camera): split the tokens after patch embedding, gather after the head.
 
 Everything between is per-token (norms, FFN, cross-attention to the replicated text) except self-attention,
 which runs through Ulysses. The split is done with forward hooks on ComfyUI's own modules, so ComfyUI's
-model code, patches and wrappers stay untouched.
+model code, patches and wrappers stay untouched. Fun Camera (``CameraWanModel``) adds its camera embedding to the
+tokens before they are flattened, so they reach the first block with it and split alike.
 """
 from functools import partial
 
@@ -13,7 +14,8 @@ from ..parallel.sequence import SequenceShard
 from ..parallel.ulysses import AttentionFn
 
 FAMILY = "Wan"
-MODEL_CLASSES = ("comfy.ldm.wan.model.WanModel", "comfy.ldm.wan.model.VaceWanModel")
+MODEL_CLASSES = ("comfy.ldm.wan.model.WanModel", "comfy.ldm.wan.model.VaceWanModel",
+                 "comfy.ldm.wan.model.CameraWanModel")
 FSDP_BLOCKS = ("blocks", "vace_blocks")
 HOOKS = {"split": ("blocks.*", "vace_blocks.*?"), "attention": ("blocks.*.self_attn", "vace_blocks.*.self_attn?"),
          "gather": ("head",)}

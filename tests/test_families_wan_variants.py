@@ -1,0 +1,98 @@
+"""Wan's subclasses with their own forward under Ulysses 2, Ring 2 and Ulysses 2 + FSDP equal ComfyUI's
+KSamplerAdvanced in one process (fp32), at an odd token count (45: the split pads the second rank), each with its own
+input: Wan 2.2 Fun Camera (``CameraWanModel``) with the WanCameraEmbedding node's Plücker embedding (added to the
+tokens before the split), Wan 2.1 HuMo (``HumoWanModel``) with audio features as WanHuMoImageToVideo passes them
+(per-frame audio cross-attention in every block, whose frames a rank's slice cuts mid-frame) and a reference image
+(its frame of tokens and RoPE rows appended before the blocks). Tests run mode by mode, so each group starts once;
+single-process results are computed once.
+"""
+import math
+
+import pytest
+import torch
+
+from tandem.models import fsdp_blocks
+from tandem.parallel.degrees import GroupConfig
+from tandem.tests.checkpoints import FAMILIES, build_model, load_checkpoint
+from tandem.tests.test_wan_usp import SampleRequest, ksampler
+from tandem.workers import group as groups
+
+STEPS = 2
+MODES = {   # in the suite the previous file leaves Ulysses 2 running: it goes first
+    "ulysses2": GroupConfig(gpu_count=2, ulysses_degree=2, timeout_s=60),
+    "ring2": GroupConfig(gpu_count=2, ulysses_degree=1, ring_degree=2, timeout_s=60),
+    "ulysses2+fsdp": GroupConfig(gpu_count=2, ulysses_degree=2, fsdp=True, timeout_s=60),
+}
+# latent frames × H × W (tokens: 2 × 2 patches): Camera 3 × 15 = 45; HuMo 2 × 15 video + 15 reference = 45
+LATENTS = {"wan22_camera": (3, 6, 10), "wan21_humo": (2, 6, 10)}
+TOKENS = 45
+CASES = [(mode, family) for mode in MODES for family in LATENTS]
+
+
+def request(family: str, extra: bool = True) -> SampleRequest:
+    """Distinct positive and negative text; with ``extra``, the family's own conditioning on both, as its ComfyUI
+    node sets it (HuMo: audio features on the positive, zeros on the negative; the reference image likewise)."""
+    g = torch.Generator().manual_seed(7)
+    frames, height, width = LATENTS[family]
+    positive, negative = ({}, {})
+    if extra and family == "wan22_camera":
+        from comfy_extras.nodes_camera_trajectory import WanCameraEmbedding
+
+        camera = WanCameraEmbedding.execute("Pan Left", width * 8, height * 8, (frames - 1) * 4 + 1).args[0]
+        assert camera.shape == (1, 24, frames, height * 8, width * 8)
+        positive = negative = {"camera_conditions": camera}
+    if extra and family == "wan21_humo":
+        audio = torch.randn(1, frames, 8, 5, 1280, generator=g)          # [B, latent frames, window, layers, C]
+        reference = torch.randn(1, 16, 1, height, width, generator=g)
+        positive = {"audio_embed": audio, "reference_latents": [reference]}
+        negative = {"audio_embed": torch.zeros_like(audio), "reference_latents": [torch.zeros_like(reference)]}
+    conds = [[[torch.randn(1, tokens, 4096, generator=g), values]] for tokens, values in ((12, positive), (7, negative))]
+    return SampleRequest(add_noise=True, noise_seed=42, steps=STEPS, cfg=5.0, sampler_name="euler",
+                         scheduler="simple", positive=conds[0], negative=conds[1],
+                         latent={"samples": torch.zeros(1, 16, frames, height, width)}, start_at_step=0,
+                         end_at_step=10000, return_with_leftover_noise=False)
+
+
+_expected: dict[tuple[str, bool], torch.Tensor] = {}
+
+
+def expected(path: str, family: str, extra: bool = True) -> torch.Tensor:
+    """Single-process ComfyUI's latent, computed once per family for every mode."""
+    if (family, extra) not in _expected:
+        _expected[family, extra] = ksampler(load_checkpoint(path, family), request(family, extra))
+    return _expected[family, extra]
+
+
+@pytest.mark.parametrize("mode,family", CASES, ids=["-".join(case) for case in CASES])
+def test_wan_variants_equal_single_process(_tandem_session, checkpoint, mode, family):
+    from tandem.nodes.loader import load
+
+    path = str(checkpoint(family))
+    group = groups.start(MODES[mode])
+    infos = group.call("load", path, "default", None)
+    latent = ksampler(load(group, path), request(family))
+    stats, reference = group.last_stats, expected(path, family)
+    error = ((latent - reference).norm() / reference.norm()).item()
+    print(f"{family} {mode}: relative error {error:.2e}, per-rank stats {stats}")
+    assert latent.shape == reference.shape and error < 1e-4
+    assert [rank_stats["rank"] for rank_stats in stats] == [0, 1]
+    for rank_stats in stats:                     # each rank's blocks held its share of the tokens, never all
+        assert rank_stats["block_tokens"] == [math.ceil(TOKENS / 2)]
+        assert rank_stats["attention_calls"] >= 2 * STEPS * 2     # 2 blocks; positive and negative apart
+    if MODES[mode].fsdp:
+        model = build_model(family).model.diffusion_model
+        blocks = sum(p.numel() for block in fsdp_blocks(model) for p in block.parameters())
+        rest = sum(p.numel() for p in model.parameters()) - blocks
+        local = [info["local_params"] for info in infos]
+        assert all(0.45 * (rest + blocks) <= n <= rest + 0.55 * blocks for n in local), (local, rest, blocks)
+
+
+@pytest.mark.parametrize("family", LATENTS)
+def test_the_variants_own_input_matters(checkpoint, family):
+    """The equalities above exercise the camera embedding / the audio and reference: without them, single-process
+    ComfyUI's result moves well beyond the tolerance."""
+    path = str(checkpoint(family))
+    plain, reference = expected(path, family, extra=False), expected(path, family)
+    error = ((plain - reference).norm() / reference.norm()).item()
+    print(f"{family}: without its own input the result moves by {error:.2e}")
+    assert error > 1e-3
