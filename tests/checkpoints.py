@@ -163,12 +163,18 @@ FAMILIES: dict[str, Family] = {
         context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 128}},
         num_patches=256, pos_embed_max_size=16, qk_norm="rms", pos_embed_scaling_factor=None,
         x_block_self_attn_layers=[0]), True, (1, 16, 8, 8), 4096, ("pooled_output",)),
-    # a model Tandem's sequence parallelism does not cover, small and detected: the "unsupported" error case. Wan 2.2
-    # Fun Camera (CameraWanModel has its own forward, which the Wan adapter does not claim); without camera
-    # conditions it samples as T2V. (Cosmos Predict2, the smaller-looking choice, computes RoPE buffers at
-    # construction, which Tandem's meta-device loading cannot fill yet.)
+    # Wan 2.2 Fun Camera (CameraWanModel): a camera adapter (24 Plücker channels at pixel size) added to the tokens
     "wan22_camera": Family(comfy.supported_models.WAN22_Camera, {**_WAN, "model_type": "camera_2.2", "in_dim": 36},
                            True, (1, 16, 1, 8, 8), 4096),
+    # Wan 2.1 HuMo (HumoWanModel): per-frame audio cross-attention in every block; its audio projection has fixed
+    # sizes (8 × 5 × 1280 features per frame → 16 tokens of 1536): ~40M parameters whatever the width, so bf16 on disk
+    "wan21_humo": Family(comfy.supported_models.WAN21_HuMo, {**_WAN, "model_type": "humo"}, True, (1, 16, 1, 8, 8),
+                         4096, dtype=torch.bfloat16),
+    # a model Tandem's sequence parallelism does not cover, small and detected: the "unsupported" error case. Wan 2.2
+    # S2V (WanModel_S2V has its own forward, which no adapter claims); without audio it samples as T2V. (Cosmos
+    # Predict2, the smaller-looking choice, computes RoPE buffers at construction, which Tandem's meta-device loading
+    # cannot fill yet.)
+    "wan22_s2v": Family(comfy.supported_models.WAN22_S2V, {**_WAN, "model_type": "s2v"}, True, (1, 16, 1, 8, 8), 4096),
 }
 
 
