@@ -277,3 +277,34 @@ def sample_once(patcher: comfy.model_patcher.ModelPatcher, family: str, steps: i
     cond = [[torch.randn(1, 8, spec.context_dim, generator=generator), {k: extra[k] for k in spec.extra_cond}]]
     noise = comfy.sample.prepare_noise(latent, seed)
     return comfy.sample.sample(patcher, noise, steps, 1.0, "euler", "simple", cond, cond, latent, seed=seed)
+
+
+def wan21_vae_state_dict(dim: int = 8) -> dict[str, torch.Tensor]:
+    """ComfyUI's Wan 2.1 VAE at width ``dim`` (real: 96), as the state dict VAE Loader reads (it detects the VAE and
+    its width from the weights). ComfyUI's ops leave weights uninitialized: seeded values keep activations finite and
+    of unit size (norm scales near 1, weights N(0, 1 / fan-in))."""
+    import zlib
+
+    import comfy.ldm.wan.vae
+
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in comfy.ldm.wan.vae.WanVAE(
+            dim=dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+            temperal_downsample=[False, True, True], dropout=0.0).state_dict().items()}
+    state_dict = {}
+    for name, shape in shapes.items():
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(zlib.crc32(name.encode())))
+        fan_in = noise[0].numel() if noise.ndim > 1 else 1
+        state_dict[name] = 1 + 0.02 * noise if name.endswith("gamma") else \
+            noise * (0.02 if noise.ndim == 1 else fan_in ** -0.5)
+    return state_dict
+
+
+def clip_l_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """ComfyUI's CLIP-L text encoder (SD1's class; its config is fixed: 123M parameters) with seeded random weights,
+    as the state dict Load CLIP reads."""
+    import comfy.sd1_clip
+
+    model = comfy.sd1_clip.SDClipModel(dtype=torch.float32).transformer
+    _randomize(model, seed)
+    return model.state_dict()

@@ -53,6 +53,15 @@ def comfy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServ
 
 
 @pytest.fixture(scope="session")
+def demo_models(comfy_server: ComfyServer) -> dict[str, Path]:
+    """The CPU demo's model files (``scripts/demo.py``, as ``bash scripts/run.sh --demo`` writes them) in the shared
+    server's model folders: {folder: path}."""
+    from tandem.scripts.demo import install
+
+    return install(comfy_server.base_dir / "models")
+
+
+@pytest.fixture(scope="session")
 def _tandem_session():
     """Stops whatever Tandem group and Ray head the session's tests left running."""
     from tandem.workers import group as groups

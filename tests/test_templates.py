@@ -3,6 +3,7 @@ node types, inputs and widget values that this ComfyUI with Tandem offers (so it
 """
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 import folder_paths
 import pytest
@@ -34,9 +35,9 @@ def test_templates_listed_and_served(comfy_server: ComfyServer):
     listed = json.loads(comfy_server.fetch("/workflow_templates")[0])
     assert sorted(listed.get(CLONE_NAME, [])) == [path.stem for path in WORKFLOWS], listed
     for path in WORKFLOWS:
-        served, _ = comfy_server.fetch(f"/api/workflow_templates/{CLONE_NAME}/{path.name}")
+        served, _ = comfy_server.fetch(f"/api/workflow_templates/{CLONE_NAME}/{quote(path.name)}")   # as a browser does
         assert json.loads(served) == json.loads(path.read_text())
-        preview, kind = comfy_server.fetch(f"/api/workflow_templates/{CLONE_NAME}/{path.stem}.jpg")
+        preview, kind = comfy_server.fetch(f"/api/workflow_templates/{CLONE_NAME}/{quote(path.stem)}.jpg")
         assert kind == "image/jpeg" and preview[:3] == b"\xff\xd8\xff" and len(preview) < 100_000
 
 
@@ -51,6 +52,21 @@ def widgets(node_info: dict) -> list[tuple[str, list]]:
                 if len(spec) > 1 and spec[1].get("control_after_generate"):
                     found.append(("control_after_generate", [sorted(SEED_CONTROLS)]))
     return found
+
+
+def api_prompt(workflow: dict, info: dict) -> dict:
+    """The prompt the frontend queues for a saved workflow: each node's widget values by name, links as [node, slot]."""
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        inputs = {name: value for (name, _), value in zip(widgets(info[node["type"]]), node["widgets_values"])
+                  if name != "control_after_generate"}
+        for slot in node["inputs"]:
+            if slot["link"] is not None:
+                _, src, src_slot, *_ = links[slot["link"]]
+                inputs[slot["name"]] = [str(src), src_slot]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
 
 
 def declared_inputs(node_info: dict) -> dict:

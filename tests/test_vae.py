@@ -1,8 +1,6 @@
 """Tandem VAE Decode / Encode equal ComfyUI's VAE Decode (Tiled) / VAE Encode (Tiled) with the same settings, with
 the tiles really split over the workers. The VAE is a Wan 2.1 VAE built from ComfyUI's own class at a tiny width
 (ComfyUI's VAE loader reads the width from the weights), random weights, fp32."""
-import zlib
-
 import pytest
 import torch
 
@@ -13,23 +11,11 @@ from tandem.workers.group import TandemError
 
 @pytest.fixture(scope="module")
 def vae():
-    import comfy.ldm.wan.vae
     import comfy.sd
 
-    model = comfy.ldm.wan.vae.WanVAE(dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-                                     temperal_downsample=[False, True, True], dropout=0.0)
-    return comfy.sd.VAE(sd={k: _random_like(k, v) for k, v in model.state_dict().items()})
+    from tandem.tests.checkpoints import wan21_vae_state_dict
 
-
-def _random_like(name: str, value: torch.Tensor) -> torch.Tensor:
-    """ComfyUI's ops leave weights uninitialized: seeded values that keep activations finite and of unit size
-    (norm scales near 1, weights N(0, 1 / fan-in))."""
-    g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
-    noise = torch.randn(value.shape, generator=g)
-    if name.endswith("gamma"):
-        return 1 + 0.02 * noise
-    fan_in = value[0].numel() if value.ndim > 1 else 1
-    return noise * (0.02 if value.ndim == 1 else fan_in ** -0.5)
+    return comfy.sd.VAE(sd=wan21_vae_state_dict())
 
 
 def latent(frames: int, height: int, width: int) -> dict:
