@@ -11,7 +11,7 @@ if [ "${1:-}" = "--demo" ]; then
   shift
   "$PY" "$TANDEM_ROOT/scripts/demo.py" "$COMFYUI_PATH/models"
   args+=(--preview-method latent2rgb)
-  echo "[tandem] demo: open the template \"Tandem demo (CPU)\" in ComfyUI's template browser and press Run"
+  echo "[tandem] demo: in ComfyUI open Templates > Extensions > ComfyUI-Tandem > Tandem demo (CPU) and press Run"
 fi
 cd "$COMFYUI_PATH"
 exec "$PY" main.py "${args[@]}" "$@"

