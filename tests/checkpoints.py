@@ -170,11 +170,17 @@ FAMILIES: dict[str, Family] = {
     # sizes (8 × 5 × 1280 features per frame → 16 tokens of 1536): ~40M parameters whatever the width, so bf16 on disk
     "wan21_humo": Family(comfy.supported_models.WAN21_HuMo, {**_WAN, "model_type": "humo"}, True, (1, 16, 1, 8, 8),
                          4096, dtype=torch.bfloat16),
-    # a model Tandem's sequence parallelism does not cover, small and detected: the "unsupported" error case. Wan 2.2
-    # S2V (WanModel_S2V has its own forward, which no adapter claims); without audio it samples as T2V. (Cosmos
-    # Predict2, the smaller-looking choice, computes RoPE buffers at construction, which Tandem's meta-device loading
-    # cannot fill yet.)
+    # Wan 2.2 S2V (WanModel_S2V): audio injected per frame after block 0 (its fixed injection layers), reference and
+    # frame-packed motion tokens appended before the blocks
     "wan22_s2v": Family(comfy.supported_models.WAN22_S2V, {**_WAN, "model_type": "s2v"}, True, (1, 16, 1, 8, 8), 4096),
+    # a model Tandem's sequence parallelism does not cover, small and detected: the "unsupported" error case. Wan 2.2
+    # Animate (AnimateWanModel has its own forward, which no adapter claims); without pose and face it samples as
+    # I2V. Its motion and face encoders have fixed sizes (~36M parameters), so bf16 on disk; 5 blocks: one face block
+    # per 5, which detection needs. (Cosmos Predict2, the smaller-looking choice, computes RoPE buffers at
+    # construction, which Tandem's meta-device loading cannot fill yet.)
+    "wan22_animate": Family(comfy.supported_models.WAN22_Animate,
+                            {**_WAN, "model_type": "animate", "in_dim": 36, "num_layers": 5},
+                            True, (1, 16, 1, 8, 8), 4096, dtype=torch.bfloat16),
 }
 
 

@@ -1,10 +1,13 @@
 """Wan's subclasses with their own forward under Ulysses 2, Ring 2 and Ulysses 2 + FSDP equal ComfyUI's
-KSamplerAdvanced in one process (fp32), at an odd token count (45: the split pads the second rank), each with its own
-input: Wan 2.2 Fun Camera (``CameraWanModel``) with the WanCameraEmbedding node's Plücker embedding (added to the
-tokens before the split), Wan 2.1 HuMo (``HumoWanModel``) with audio features as WanHuMoImageToVideo passes them
-(per-frame audio cross-attention in every block, whose frames a rank's slice cuts mid-frame) and a reference image
-(its frame of tokens and RoPE rows appended before the blocks). Tests run mode by mode, so each group starts once;
-single-process results are computed once.
+KSamplerAdvanced in one process (fp32), at odd token counts (45, S2V 133: the split pads the second rank), each with
+its own input: Wan 2.2 Fun Camera (``CameraWanModel``) with the WanCameraEmbedding node's Plücker embedding (added to
+the tokens before the split); Wan 2.1 HuMo (``HumoWanModel``) with audio features as WanHuMoImageToVideo passes them
+(per-frame audio cross-attention in every block, over frames a rank's slice cuts mid-frame) and a reference image
+(its frame of tokens and RoPE rows appended before the blocks); Wan 2.2 S2V (``WanModel_S2V``) with
+WanSoundImageToVideo's inputs: audio features (injected per frame after block 0, over frames a rank's slice cuts
+mid-frame), a control video, a reference image and 19 frames of reference motion (frame-packed into extra tokens
+with their own RoPE rows and timesteps). Tests run mode by mode, so each group starts once; single-process results
+are computed once.
 """
 import math
 
@@ -23,9 +26,10 @@ MODES = {   # in the suite the previous file leaves Ulysses 2 running: it goes f
     "ring2": GroupConfig(gpu_count=2, ulysses_degree=1, ring_degree=2, timeout_s=60),
     "ulysses2+fsdp": GroupConfig(gpu_count=2, ulysses_degree=2, fsdp=True, timeout_s=60),
 }
-# latent frames × H × W (tokens: 2 × 2 patches): Camera 3 × 15 = 45; HuMo 2 × 15 video + 15 reference = 45
-LATENTS = {"wan22_camera": (3, 6, 10), "wan21_humo": (2, 6, 10)}
-TOKENS = 45
+# latent frames × H × W (tokens: 2 × 2 patches): Camera 3 × 15 = 45; HuMo 2 × 15 video + 15 reference = 45; S2V
+# 3 × 25 video + 25 reference + 33 motion (25 + 4 + 4: its packer's last frame, 2 frames at 1/2 and 16 at 1/4) = 133
+LATENTS = {"wan22_camera": (3, 6, 10), "wan21_humo": (2, 6, 10), "wan22_s2v": (3, 10, 10)}
+TOKENS = {"wan22_camera": 45, "wan21_humo": 45, "wan22_s2v": 133}
 CASES = [(mode, family) for mode in MODES for family in LATENTS]
 
 
@@ -46,7 +50,15 @@ def request(family: str, extra: bool = True) -> SampleRequest:
         reference = torch.randn(1, 16, 1, height, width, generator=g)
         positive = {"audio_embed": audio, "reference_latents": [reference]}
         negative = {"audio_embed": torch.zeros_like(audio), "reference_latents": [torch.zeros_like(reference)]}
-    conds = [[[torch.randn(1, tokens, 4096, generator=g), values]] for tokens, values in ((12, positive), (7, negative))]
+    if extra and family == "wan22_s2v":
+        audio = torch.randn(1, 25, 1024, frames * 4, generator=g)          # [B, encoder layers, C, video frames]
+        shared = {"reference_latents": [torch.randn(1, 16, 1, height, width, generator=g)],
+                  "reference_motion": torch.randn(1, 16, 19, height, width, generator=g),
+                  "control_video": torch.randn(1, 16, frames, height, width, generator=g)}
+        positive = {"audio_embed": audio, **shared}
+        negative = {"audio_embed": audio * 0.0, **shared}
+    conds = [[[torch.randn(1, tokens, 4096, generator=g), values]]
+             for tokens, values in ((12, positive), (7, negative))]
     return SampleRequest(add_noise=True, noise_seed=42, steps=STEPS, cfg=5.0, sampler_name="euler",
                          scheduler="simple", positive=conds[0], negative=conds[1],
                          latent={"samples": torch.zeros(1, 16, frames, height, width)}, start_at_step=0,
@@ -77,7 +89,7 @@ def test_wan_variants_equal_single_process(_tandem_session, checkpoint, mode, fa
     assert latent.shape == reference.shape and error < 1e-4
     assert [rank_stats["rank"] for rank_stats in stats] == [0, 1]
     for rank_stats in stats:                     # each rank's blocks held its share of the tokens, never all
-        assert rank_stats["block_tokens"] == [math.ceil(TOKENS / 2)]
+        assert rank_stats["block_tokens"] == [math.ceil(TOKENS[family] / 2)]
         assert rank_stats["attention_calls"] >= 2 * STEPS * 2     # 2 blocks; positive and negative apart
     if MODES[mode].fsdp:
         model = build_model(family).model.diffusion_model
@@ -89,8 +101,8 @@ def test_wan_variants_equal_single_process(_tandem_session, checkpoint, mode, fa
 
 @pytest.mark.parametrize("family", LATENTS)
 def test_the_variants_own_input_matters(checkpoint, family):
-    """The equalities above exercise the camera embedding / the audio and reference: without them, single-process
-    ComfyUI's result moves well beyond the tolerance."""
+    """The equalities above exercise each variant's own input (camera embedding; audio, reference, S2V's motion and
+    control video): without it, single-process ComfyUI's result moves well beyond the tolerance."""
     path = str(checkpoint(family))
     plain, reference = expected(path, family, extra=False), expected(path, family)
     error = ((plain - reference).norm() / reference.norm()).item()

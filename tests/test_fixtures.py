@@ -15,7 +15,8 @@ CLASS_NAMES = {"wan21_t2v": "WAN21_T2V", "wan21_t2v_3heads": "WAN21_T2V", "wan21
                "hunyuan_video": "HunyuanVideo", "hunyuan_video_i2v": "HunyuanVideoI2V", "flux": "Flux", "qwen_image": "QwenImage",
                "qwen_image_min": "QwenImage", "ltxv": "LTXV", "lumina2": "Lumina2", "z_image": "ZImage",
                "sd35": "SD3", "wan22_camera": "WAN22_Camera",
-               "wan21_humo": "WAN21_HuMo", "wan22_s2v": "WAN22_S2V"}
+               "wan21_humo": "WAN21_HuMo", "wan22_s2v": "WAN22_S2V",
+               "wan22_animate": "WAN22_Animate"}
 
 
 @pytest.mark.parametrize("family", CLASS_NAMES)
