@@ -1,6 +1,6 @@
 """Tandem Init and Tandem Shutdown: start, reuse and stop the worker group."""
-from ..parallel.degrees import ATTENTION_BACKENDS, GroupConfig
-from ..workers import group as groups
+from ..parallel.degrees import ATTENTION_BACKENDS, GroupConfig, TandemError
+from ..workers import driver
 
 CATEGORY = "Tandem"
 
@@ -40,10 +40,10 @@ class TandemInit:
 
     @classmethod
     def IS_CHANGED(cls, **settings):
-        return groups.fingerprint(GroupConfig(**settings))
+        return driver.fingerprint(GroupConfig(**settings))
 
     def start(self, **settings):
-        return (groups.start(GroupConfig(**settings)),)
+        return (driver.start(GroupConfig(**settings)),)
 
 
 class TandemShutdown:
@@ -61,10 +61,9 @@ class TandemShutdown:
     def stop(self, group, prompt: dict | None = None, unique_id: str | None = None):
         users = _other_users(prompt or {}, str(unique_id))
         if users:
-            raise groups.TandemError(f"Tandem Shutdown is in the same prompt as {', '.join(users)}, which use its "
-                                     "group, and could stop the workers under them: queue Tandem Shutdown in a prompt "
-                                     "of its own")
-        groups.shutdown()
+            raise TandemError(f"Tandem Shutdown is in the same prompt as {', '.join(users)}, which use its group, "
+                              "and could stop the workers under them: queue Tandem Shutdown in a prompt of its own")
+        driver.shutdown()
         return ()
 
 

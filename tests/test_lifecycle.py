@@ -1,9 +1,11 @@
 """Tandem's life inside a ComfyUI server of this module's own (its tests disturb the server): Cancel leaves one log
-line and no Ray traceback."""
+line and no Ray traceback; nothing of Tandem's outlives ComfyUI by more than a few seconds."""
 import itertools
 import re
+import time
 from collections.abc import Iterator
 
+import psutil
 import pytest
 
 from tandem.tests.server import ComfyServer, tandem_server
@@ -45,3 +47,47 @@ def test_cancel_logs_one_line_and_no_traceback(comfy_server, install, init_node)
     (line,) = [line for line in gained if "Tandem" in line]
     step = int(re.fullmatch(r"Tandem: cancelled at step (\d+)/400", line).group(1))
     assert 3 <= step < 400
+
+
+def descendants(server: ComfyServer) -> dict[int, tuple[float, str]]:
+    """Every process under ComfyUI's (Tandem's Ray driver, its head, the workers): pid -> (start time, name)."""
+    found = {}
+    for process in psutil.Process(server.process.pid).children(recursive=True):
+        try:
+            found[process.pid] = process.create_time(), process.name()
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def still_running(processes: dict[int, tuple[float, str]]) -> list[str]:
+    """Those of ``processes`` still running (a zombie waiting for its parent to read its exit status has ended)."""
+    running = []
+    for pid, (started, name) in processes.items():
+        try:
+            process = psutil.Process(pid)
+            if process.create_time() == started and process.status() != psutil.STATUS_ZOMBIE:
+                running.append(name)
+        except psutil.NoSuchProcess:
+            pass
+    return running
+
+
+def gone_within(processes: dict[int, tuple[float, str]], seconds: float) -> float:
+    """Seconds until none of ``processes`` runs; fails after ``seconds``."""
+    started = time.monotonic()
+    while still_running(processes):
+        assert time.monotonic() - started < seconds, f"still running after {seconds} s: {still_running(processes)}"
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def test_nothing_of_tandem_outlives_comfyui(comfy_server, install, init_node):
+    """Runs last (it stops this module's server). Before, Ray's agents outlived ComfyUI by about 60 s: their raylet
+    died with ComfyUI, and they tried to tell the GCS, dead too, for 60 s. Now the driver process stops its head
+    when ComfyUI's end of its pipe closes, however ComfyUI ends (SIGTERM here)."""
+    comfy_server.wait(comfy_server.post_prompt(sampling_prompt(init_node, install)))
+    processes = descendants(comfy_server)
+    assert {"raylet", "gcs_server"} <= {name for _, name in processes.values()}
+    comfy_server.stop()
+    print(f"{len(processes)} processes, all gone {gone_within(processes, 5):.1f} s after ComfyUI stopped")

@@ -48,7 +48,8 @@ def stage_package() -> str:
     The checkout may be named anything (``ComfyUI-Tandem``, ...); workers on every host import it as ``tandem``.
     The folder is new and private to this process (``mkdtemp``: mode 0700, owned by us), never a path another local
     user could have prepared with code of their own; Ray uploads it by content hash, so staging it again costs
-    nothing there. It is removed at exit.
+    nothing there. ``_connect`` removes it once ``ray.init`` has uploaded it (a driver that Ray ends abruptly,
+    with its raylet, would leave it behind); what is left is removed at exit.
     """
     files = [PACKAGE_ROOT / "__init__.py"] + sorted(
         p for d in PACKAGE_DIRS for p in (PACKAGE_ROOT / d).glob("*.py"))
@@ -61,11 +62,13 @@ def stage_package() -> str:
     return str(target)
 
 
+STOPPED = ("this Tandem group was stopped (Tandem Shutdown, or a lost worker): run the prompt again to start a new "
+           "one, and put Tandem Shutdown in a prompt of its own")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 ONE_LINE_CHARS = 300           # Ray's errors carry whole tracebacks and actor descriptions; the node shows one line
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
     cause = getattr(error, "cause", None) or error
     if isinstance(cause, (TandemConfigError, TandemError)):
         return str(cause)
@@ -112,7 +115,8 @@ def _connect(address: str, workers: int, timeout_s: float) -> str:
         # Ray ships local code only with the job's runtime_env, so Tandem's package rides on ray.init.
         env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
         env["COMFYUI_PATH"] = comfyui_path()
-        runtime_env = {"py_modules": [stage_package()], "env_vars": env}
+        package = stage_package()
+        runtime_env = {"py_modules": [package], "env_vars": env}
         try:
             if address == "local":
                 ray.init(address="local", include_dashboard=False, num_cpus=slots,
@@ -120,8 +124,10 @@ def _connect(address: str, workers: int, timeout_s: float) -> str:
             else:
                 ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
         except Exception as e:
-            raise TandemError(f"cannot start or reach Ray at {address!r} ({_one_line(e)}): "
+            raise TandemError(f"cannot start or reach Ray at {address!r} ({one_line(e)}): "
                               "check the Ray address in Tandem Init, or use 'local'") from None
+        finally:
+            shutil.rmtree(Path(package).parent, ignore_errors=True)    # ray.init uploaded it: Ray has its own copy
         _ray_address = address
     return "GPUs" if ray.cluster_resources().get("GPU", 0) >= 1 else "CPUs"
 
@@ -212,7 +218,7 @@ class Group:
                     first_error_at = first_error_at or time.monotonic()
             if errors and pending and time.monotonic() - first_error_at > ERROR_GRACE_S:
                 self.lose()
-                raise TandemError(f"{_one_line(errors[0])} (a worker failed mid-job; "
+                raise TandemError(f"{one_line(errors[0])} (a worker failed mid-job; "
                                   "the group was stopped and restarts on the next run)") from None
             hung = pings.hung() if pending else None
             if hung is not None:
@@ -247,19 +253,18 @@ class Group:
         died = [e for e in errors if isinstance(e, ray.exceptions.RayActorError)]
         if died:
             self.lose()
-            raise TandemError(f"a Tandem worker died ({_one_line(died[0])}): run again to restart the group")
+            raise TandemError(f"a Tandem worker died ({one_line(died[0])}): run again to restart the group")
         causes = [getattr(e, "cause", None) for e in errors]
         for cause in causes:
             if isinstance(cause, TandemConfigError) or type(cause).__name__ == "InterruptProcessingException":
                 raise cause
-        raise TandemError(_one_line(errors[0])) from None
+        raise TandemError(one_line(errors[0])) from None
 
     def call(self, method: str, *args, on_poll: Callable[[], None] | None = None) -> list:
         """Call ``method`` on every actor with the same arguments (put once in the object store). A stopped group
         refuses: a Ray call after ``ray.shutdown`` would start a cluster without Tandem's package."""
         if self.stopped:
-            raise TandemError("this Tandem group was stopped (Tandem Shutdown, or a lost worker): run the prompt "
-                              "again to start a new one, and put Tandem Shutdown in a prompt of its own")
+            raise TandemError(STOPPED)
         refs = [ray.put(a) if not isinstance(a, (int, str, float, bool, tuple)) else a for a in args]
         return self.get([getattr(actor, method).remote(*refs) for actor in self.actors], on_poll=on_poll)
 
@@ -333,9 +338,11 @@ def fingerprint(config: GroupConfig) -> str:
     return f"{config}#{_epoch}"
 
 
-def _check_cpu_workers(config: GroupConfig) -> None:
-    """Without GPUs every worker is a CPU process of its own: refuse, before starting any, more than this host can
-    hold (four per core, one per GB of free memory)."""
+def check(config: GroupConfig) -> None:
+    """Refuse, before anything starts, settings that cannot work: degrees that do not fit together, and without
+    GPUs (every worker a CPU process of its own) more workers than this host can hold (four per core, one per GB
+    of free memory)."""
+    validate(config)
     if config.ray_address != "local" or torch.cuda.is_available():
         return
     cores, free_gb = os.cpu_count() or 1, psutil.virtual_memory().available / 2**30
@@ -349,8 +356,7 @@ def _check_cpu_workers(config: GroupConfig) -> None:
 def start(config: GroupConfig) -> Group:
     """The running group if it has these settings and every actor answers, else a fresh one."""
     global _current
-    validate(config)
-    _check_cpu_workers(config)
+    check(config)
     if _current is not None:
         if _current.config == config and _current.alive():
             return _current
