@@ -1,5 +1,6 @@
 """Tandem's life inside a ComfyUI server of this module's own (its tests disturb the server): Cancel leaves one log
-line and no Ray traceback; nothing of Tandem's outlives ComfyUI by more than a few seconds."""
+line and no Ray traceback; a Ray head whose raylet or GCS dies fails a prompt in one line and ComfyUI keeps running;
+nothing of Tandem's outlives ComfyUI by more than a few seconds."""
 import itertools
 import re
 import time
@@ -80,6 +81,30 @@ def gone_within(processes: dict[int, tuple[float, str]], seconds: float) -> floa
         assert time.monotonic() - started < seconds, f"still running after {seconds} s: {still_running(processes)}"
         time.sleep(0.1)
     return time.monotonic() - started
+
+
+@pytest.mark.parametrize("part", ["raylet", "gcs_server"])
+def test_a_dead_raylet_or_gcs_fails_the_prompt_in_one_line_and_comfyui_keeps_running(comfy_server, install,
+                                                                                     init_node, part):
+    """Ray's core worker ends its process when its raylet or GCS dies; Tandem's driver is a child of ComfyUI, so only
+    the child ends: the prompt sampling at the time fails in one line, the next starts a new head."""
+    comfy_server.wait(comfy_server.post_prompt(sampling_prompt(init_node, install)))
+    head = descendants(comfy_server)
+    (victim,) = [pid for pid, (_, name) in head.items() if name == part]
+    prompt_id = comfy_server.post_prompt(sampling_prompt(init_node, install, steps=5000))
+    time.sleep(2)
+    killed_at = time.monotonic()
+    psutil.Process(victim).kill()
+    error = comfy_server.wait_error(prompt_id, timeout=120)
+    failed_at = time.monotonic()
+    message = error["exception_message"].strip()
+    print(f"{part} killed: {error['node_type']}: {message}")
+    assert "\n" not in message and comfy_server.process.poll() is None
+    assert re.match(r"Tandem's Ray driver stopped \(exit status \d+\): its Ray head died|a Tandem worker died", message)
+    comfy_server.wait(comfy_server.post_prompt(sampling_prompt(init_node, install)))
+    print(f"failed {failed_at - killed_at:.1f} s after the kill, sampled again {time.monotonic() - failed_at:.1f} s later")
+    assert victim not in descendants(comfy_server)
+    gone_within(head, 10)
 
 
 def test_nothing_of_tandem_outlives_comfyui(comfy_server, install, init_node):
