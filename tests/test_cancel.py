@@ -10,6 +10,7 @@ import ray
 
 from tandem.nodes.loader import load
 from tandem.parallel.degrees import GroupConfig
+from tandem.tests import fault_table
 from tandem.tests.test_wan_usp import ksampler, request
 from tandem.workers import group as groups
 
@@ -75,10 +76,11 @@ def test_worker_dying_mid_job_fails_fast_and_next_run_restarts(_tandem_session, 
     finally:
         done.set()
         thread.join()
-    waited = time.monotonic() - killed[0][1]
-    print(f"error {waited:.1f} s after the kill: {error.value}")
-    assert waited < CONFIG.timeout_s and "\n" not in str(error.value)
+    failed_at = time.monotonic()
+    assert "\n" not in str(error.value)
     assert "\x1b" not in str(error.value) and len(str(error.value)) < 500     # no ANSI colours, no Ray traceback
     assert groups.fingerprint(CONFIG) != before              # Tandem Init runs again on the next prompt ...
     fresh = groups.start(CONFIG)                             # ... and gets a working group
     assert ksampler(load(fresh, path), request("wan21_t2v", (3, 8, 8), "euler")) is not None
+    fault_table.check("a worker dies mid-job", str(error.value), seen_s=failed_at - killed[0][1],
+                      recovery_s=time.monotonic() - failed_at)

@@ -12,6 +12,7 @@ import ray
 import torch
 
 from tandem.parallel.degrees import GroupConfig, TandemConfigError, TandemError
+from tandem.tests import fault_table
 from tandem.tests.test_wan_usp import ksampler, request
 from tandem.workers import group as groups
 
@@ -25,8 +26,8 @@ def test_unreachable_ray_address_fails_fast_and_local_still_works(_tandem_sessio
                                           r"in Tandem Init") as error:
         groups.start(GroupConfig(gpu_count=2, ulysses_degree=2, timeout_s=60, ray_address="127.0.0.1:1"))
     waited = time.monotonic() - started
-    print(f"{waited:.2f} s: {error.value}")
-    assert waited < groups.CONNECT_TIMEOUT_S + 5 and "\n" not in str(error.value)
+    assert "\n" not in str(error.value)
+    fault_table.check("Ray address that does not answer", str(error.value), seen_s=waited)
     from tandem.nodes.loader import load
 
     latent = ksampler(load(groups.start(CONFIG), str(checkpoint("wan21_t2v"))), request("wan21_t2v", (3, 8, 8), "euler"))
@@ -38,17 +39,19 @@ def test_more_cpu_workers_than_the_host_holds_is_refused_before_starting(_tandem
         pytest.skip("CPU workers are the no-GPU case")
     before = groups.current()
     with pytest.raises(TandemConfigError, match=r"^GPU count 99 would start 99 CPU workers on this machine without "
-                                                r"GPUs, which holds at most \d+ .*: set GPU count to \d+ or fewer$"):
+                                                r"GPUs, which holds at most \d+ .*: set GPU count to \d+ or fewer$"
+                       ) as error:
         groups.start(GroupConfig(gpu_count=99, ulysses_degree=1, timeout_s=60))
     assert groups.current() is before          # nothing was stopped or started
+    fault_table.check("GPU count the host cannot hold", str(error.value))
 
 
 def test_hung_worker_is_named_and_the_group_replaced(_tandem_session, checkpoint):
-    """A stopped (SIGSTOP) worker: the job fails naming it after half the timeout (10 s here), not with a raw Ray
+    """A stopped (SIGSTOP) worker: the job fails naming it after half the timeout (20 s here), not with a raw Ray
     error; the next run starts a new group that samples."""
     from tandem.nodes.loader import load
 
-    config = GroupConfig(gpu_count=2, ulysses_degree=2, timeout_s=20)
+    config = GroupConfig(gpu_count=2, ulysses_degree=2, timeout_s=40)   # named unless steps 1-2 take 20 s
     group = groups.start(config)
     path = str(checkpoint("wan21_t2v"))
     model = load(group, path)
@@ -65,7 +68,7 @@ def test_hung_worker_is_named_and_the_group_replaced(_tandem_session, checkpoint
     long.steps = 400
     threading.Thread(target=stop_worker_1, daemon=True).start()
     try:
-        with pytest.raises(TandemError, match=r"^Tandem worker 1 stopped responding \(no answer for 10 s") as error:
+        with pytest.raises(TandemError, match=r"^Tandem worker 1 stopped responding \(no answer for 20 s") as error:
             ksampler(model, long)
     finally:
         if stopped_at:
@@ -73,12 +76,13 @@ def test_hung_worker_is_named_and_the_group_replaced(_tandem_session, checkpoint
                 os.kill(group.workers[1]["pid"], signal.SIGCONT)
             except ProcessLookupError:
                 pass
-    waited = time.monotonic() - stopped_at[0]
-    print(f"error {waited:.1f} s after SIGSTOP: {error.value}")
-    assert "\n" not in str(error.value) and waited < config.timeout_s
+    failed_at = time.monotonic()
+    assert "\n" not in str(error.value)
     fresh = groups.start(config)
     assert fresh is not group
     assert torch.isfinite(ksampler(load(fresh, path), request("wan21_t2v", (3, 8, 8), "euler"))).all()
+    fault_table.check("a worker stops answering", str(error.value), seen_s=failed_at - stopped_at[0],
+                      recovery_s=time.monotonic() - failed_at)
 
 
 def test_nan_cfg_and_nan_lora_strength_are_refused(tandem_group, checkpoint, tmp_path):
@@ -91,12 +95,15 @@ def test_nan_cfg_and_nan_lora_strength_are_refused(tandem_group, checkpoint, tmp
     model = load(tandem_group, str(checkpoint("wan21_t2v")))
     req = request("wan21_t2v", (3, 8, 8), "euler")
     req.cfg = float("nan")
-    with pytest.raises(TandemError, match=r"^the sampler's cfg is nan: set it to a number$"):
+    with pytest.raises(TandemError, match=r"^the sampler's cfg is nan: set it to a number$") as cfg_error:
         ksampler(model, req)
     lora = comfy.utils.load_torch_file(str(make_lora("wan21_t2v", tmp_path / "l.safetensors", 1)))
     patched = comfy.sd.load_lora_for_models(model, None, lora, float("nan"), 0)[0]
-    with pytest.raises(TandemError, match=r"^a LoRA strength on .* is nan: set the LoRA node's strength to a number$"):
+    with pytest.raises(TandemError, match=r"^a LoRA strength on .* is nan: set the LoRA node's strength to a number$"
+                       ) as lora_error:
         ksampler(patched, request("wan21_t2v", (3, 8, 8), "euler"))
+    for error in (cfg_error, lora_error):
+        fault_table.check("NaN cfg or LoRA strength", str(error.value))
     assert torch.isfinite(ksampler(model, request("wan21_t2v", (3, 8, 8), "euler"))).all()
 
 
@@ -105,8 +112,9 @@ def test_a_stopped_group_makes_no_ray_call(_tandem_session):
     Tandem's package, and every later Tandem Init would fail."""
     group = groups.start(CONFIG)
     groups.shutdown()
-    with pytest.raises(TandemError, match=r"^this Tandem group was stopped"):
+    with pytest.raises(TandemError, match=r"^this Tandem group was stopped") as error:
         group.call("ping")
+    fault_table.check("a Tandem MODEL whose workers were stopped", str(error.value))
     assert not ray.is_initialized()
 
 
@@ -134,8 +142,9 @@ def test_corrupt_weights_are_reported_not_returned_as_nan(tandem_group, checkpoi
     corrupt = tmp_path / "corrupt.safetensors"
     save_file(tensors, str(corrupt))
     with pytest.raises(TandemError, match=r"^the sampled latent holds NaN or infinite values: the model file's "
-                                          r"weights are probably corrupt"):
+                                          r"weights are probably corrupt") as error:
         ksampler(load(tandem_group, str(corrupt)), request("wan21_t2v", (3, 8, 8), "euler"))
+    fault_table.check("weights whose bytes are corrupt", str(error.value))
 
 
 def test_thirty_prompts_keep_memory_flat(tandem_group, checkpoint):
@@ -195,5 +204,7 @@ def test_lora_with_matching_names_but_other_shapes_is_refused(tandem_group, chec
     patched = comfy.sd.load_lora_for_models(model, None, wider, 1.0, 0)[0]
     assert patched.patches, "the key names match, so ComfyUI adds the patches"
     with pytest.raises(TandemError, match=r"^a LoRA's factors for diffusion_model\..* make a \d+×\d+ weight, but this "
-                                          r"model's is \d+×\d+: the LoRA was made for another size of this model"):
+                                          r"model's is \d+×\d+: the LoRA was made for another size of this model"
+                       ) as error:
         ksampler(patched, request("wan21_t2v", (3, 8, 8), "euler"))
+    fault_table.check("another size's shapes", str(error.value))

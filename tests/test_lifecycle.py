@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
+from tandem.tests import fault_table
 from tandem.tests.server import ComfyServer, tandem_server
 from tandem.tests.test_workflows import cached_nodes, init_node, install, tandem_prompt  # noqa: F401 (fixtures)
 
@@ -40,14 +41,17 @@ def test_cancel_logs_one_line_and_no_traceback(comfy_server, install, init_node)
     before = len(comfy_server.log_text())
     entry = comfy_server.finished(comfy_server.cancel_at(sampling_prompt(init_node, install, steps=400), "tandem", 3))
     assert [event for event, _ in entry["status"]["messages"]][-1] == "execution_interrupted"
+    cancelled_at = time.monotonic()
     after = comfy_server.wait(comfy_server.post_prompt(sampling_prompt(init_node, install)))
     assert "init" in cached_nodes(after)
+    recovery = time.monotonic() - cancelled_at
     gained = comfy_server.log_text()[before:].splitlines()
     print("\n".join(gained))
     assert not [line for line in gained if RAY_NOISE.search(line)]
     (line,) = [line for line in gained if "Tandem" in line]
     step = int(re.fullmatch(r"Tandem: cancelled at step (\d+)/400", line).group(1))
     assert 3 <= step < 400
+    fault_table.check("Cancel", line, recovery_s=recovery)
 
 
 def descendants(server: ComfyServer) -> dict[int, tuple[float, str]]:
@@ -100,9 +104,9 @@ def test_a_dead_raylet_or_gcs_fails_the_prompt_in_one_line_and_comfyui_keeps_run
     message = error["exception_message"].strip()
     print(f"{part} killed: {error['node_type']}: {message}")
     assert "\n" not in message and comfy_server.process.poll() is None
-    assert re.match(r"Tandem's Ray driver stopped \(exit status \d+\): its Ray head died|a Tandem worker died", message)
     comfy_server.wait(comfy_server.post_prompt(sampling_prompt(init_node, install)))
-    print(f"failed {failed_at - killed_at:.1f} s after the kill, sampled again {time.monotonic() - failed_at:.1f} s later")
+    fault_table.check("raylet or GCS dies", message, seen_s=failed_at - killed_at,
+                      recovery_s=time.monotonic() - failed_at)
     assert victim not in descendants(comfy_server)
     gone_within(head, 10)
 
@@ -115,4 +119,4 @@ def test_nothing_of_tandem_outlives_comfyui(comfy_server, install, init_node):
     processes = descendants(comfy_server)
     assert {"raylet", "gcs_server"} <= {name for _, name in processes.values()}
     comfy_server.stop()
-    print(f"{len(processes)} processes, all gone {gone_within(processes, 5):.1f} s after ComfyUI stopped")
+    fault_table.check("ComfyUI stops", seen_s=gone_within(processes, 10))
