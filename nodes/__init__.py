@@ -19,7 +19,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "TandemShutdown": "Tandem Shutdown",
     "TandemModelLoader": "Tandem Model Loader",
     "TandemLoraLoader": "Tandem LoRA Loader",
-    "XFuserKSamplerAdvanced": "XFuser KSampler (Advanced)",
+    "XFuserKSamplerAdvanced": "Tandem XFuser KSampler (Advanced)",   # node search matches names, not categories
     "TandemVAEDecode": "Tandem VAE Decode",
     "TandemVAEEncode": "Tandem VAE Encode",
 }

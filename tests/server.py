@@ -124,6 +124,10 @@ class ComfyServer:
     def object_info(self) -> dict:
         return self._request("/object_info")
 
+    def history(self) -> dict:
+        """Every finished prompt's history entry, by prompt id (prompts queued elsewhere, e.g. from a browser, too)."""
+        return self._request("/history")
+
     def post_prompt(self, workflow: dict, client_id: str | None = None) -> str:
         """Queue an API-format workflow (for the websocket client ``client_id``, if given); a validation error raises
         with ComfyUI's node_errors."""
