@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from tandem.models import fsdp_blocks
 from tandem.parallel.degrees import GroupConfig
 from tandem.tests.checkpoints import FAMILIES, build_model
 from tandem.tests.test_wan_usp import SampleRequest, single_process, start_load_sample, tandem_sample
@@ -39,6 +40,15 @@ def request(family: str, size: tuple[int, ...], reference: tuple[int, ...] | Non
 def image_tokens(*sizes: tuple[int, ...]) -> int:
     """Tokens of latents of these sizes after 2×2 patches (frames are not patched)."""
     return sum(math.prod(size[:-2]) * (size[-2] // 2) * (size[-1] // 2) for size in sizes)
+
+
+def assert_fsdp_sharded(family: str, infos: list[dict]) -> None:
+    """Every block's parameters sharded in two; the root's too, but they stay gathered once a forward ran."""
+    model = build_model(family).model.diffusion_model
+    blocks = sum(p.numel() for block in fsdp_blocks(model) for p in block.parameters())
+    rest = sum(p.numel() for p in model.parameters()) - blocks
+    local = [info["local_params"] for info in infos]
+    assert all(0.45 * (rest + blocks) <= n <= rest + 0.55 * blocks for n in local), (local, rest, blocks)
 
 
 def check(latent, expected, stats, family, tokens, label) -> None:

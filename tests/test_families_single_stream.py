@@ -15,9 +15,9 @@ import math
 import pytest
 import torch
 
-from tandem.models import fsdp_blocks
 from tandem.parallel.degrees import GroupConfig
-from tandem.tests.checkpoints import FAMILIES, build_model, load_checkpoint
+from tandem.tests.checkpoints import FAMILIES, load_checkpoint
+from tandem.tests.test_families import assert_fsdp_sharded
 from tandem.tests.test_wan_usp import SampleRequest, ksampler
 from tandem.workers import group as groups
 
@@ -139,12 +139,7 @@ def test_single_stream_families_equal_single_process(_tandem_session, checkpoint
         plain = expected(path, family, size.split("+")[0])
         assert ((reference - plain).norm() / plain.norm()).item() > 1e-3
     if MODES[mode].fsdp:
-        # every block's parameters sharded in two; the root's too, but they stay gathered once a forward ran
-        model = build_model(family).model.diffusion_model
-        blocks = sum(p.numel() for block in fsdp_blocks(model) for p in block.parameters())
-        rest = sum(p.numel() for p in model.parameters()) - blocks
-        local = [info["local_params"] for info in infos]
-        assert all(0.45 * (rest + blocks) <= n <= rest + 0.55 * blocks for n in local), (local, rest, blocks)
+        assert_fsdp_sharded(family, infos)
 
 
 def _roll_rope(family: str, model) -> None:

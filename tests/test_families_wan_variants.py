@@ -14,9 +14,9 @@ import math
 import pytest
 import torch
 
-from tandem.models import fsdp_blocks
 from tandem.parallel.degrees import GroupConfig
-from tandem.tests.checkpoints import FAMILIES, build_model, load_checkpoint
+from tandem.tests.checkpoints import load_checkpoint
+from tandem.tests.test_families import assert_fsdp_sharded
 from tandem.tests.test_wan_usp import SampleRequest, ksampler
 from tandem.workers import group as groups
 
@@ -92,11 +92,7 @@ def test_wan_variants_equal_single_process(_tandem_session, checkpoint, mode, fa
         assert rank_stats["block_tokens"] == [math.ceil(TOKENS[family] / 2)]
         assert rank_stats["attention_calls"] >= 2 * STEPS * 2     # 2 blocks; positive and negative apart
     if MODES[mode].fsdp:
-        model = build_model(family).model.diffusion_model
-        blocks = sum(p.numel() for block in fsdp_blocks(model) for p in block.parameters())
-        rest = sum(p.numel() for p in model.parameters()) - blocks
-        local = [info["local_params"] for info in infos]
-        assert all(0.45 * (rest + blocks) <= n <= rest + 0.55 * blocks for n in local), (local, rest, blocks)
+        assert_fsdp_sharded(family, infos)
 
 
 @pytest.mark.parametrize("family", LATENTS)
