@@ -21,6 +21,9 @@ else:
         sys.modules["tandem"] = _module
         _spec.loader.exec_module(_module)
     from tandem import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+    from tandem.workers.driver import prestart
+
+    prestart()    # ComfyUI is loading Tandem: start its Ray head in the background
 
 WEB_DIRECTORY = None
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

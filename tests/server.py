@@ -49,7 +49,7 @@ class ComfyServer:
     """One ComfyUI process: start it, talk to its HTTP API, read its log, stop it."""
 
     def __init__(self, comfyui_path: Path, repo_root: Path, base_dir: Path, python: str = sys.executable,
-                 extra_nodes: Iterable[Path] = ()) -> None:
+                 extra_nodes: Iterable[Path] = (), cpu: bool = True) -> None:
         self.base_dir = Path(base_dir)
         self.custom_nodes_dir = self.base_dir / "custom_nodes"
         self.diffusion_models_dir = self.base_dir / "models" / "diffusion_models"
@@ -64,7 +64,7 @@ class ComfyServer:
             (self.custom_nodes_dir / Path(package).name).symlink_to(Path(package).resolve(), target_is_directory=True)
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.command = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+        self.command = [python, "main.py", *(["--cpu"] if cpu else []), "--listen", "127.0.0.1", "--port", str(self.port),
                         "--base-directory", str(self.base_dir), "--disable-auto-launch",
                         "--database-url", "sqlite:///:memory:", "--preview-method", "latent2rgb"]
         self.comfyui_path = Path(comfyui_path)

@@ -19,11 +19,13 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Pipe
 from pathlib import Path
 
 import comfy.model_management
+import torch
 
 from ..parallel.degrees import GroupConfig, TandemError
 from . import group as groups
@@ -58,6 +60,8 @@ class Driver:
                                         start_new_session=True)
         theirs.close()
         self.address, self.connection = address, ours
+        self.spawned = time.monotonic()
+        self.startup_s: float | None = None    # the child's start (interpreter, imports), as it measured it
         self.ended: str | None = None          # why calls are refused, once the child stopped or died
         self.answered = False                  # a child that dies before its first answer could not start
         self.lock = threading.Lock()
@@ -84,7 +88,9 @@ class Driver:
                     interrupted = True
                 continue
             kind, value = receive(self.connection)
-            if kind == "log":
+            if kind == "ready":
+                self.startup_s = value
+            elif kind == "log":
                 log.log(*value)
             elif kind == "step" and raised is None:
                 try:
@@ -172,9 +178,21 @@ def _end() -> None:
 def start(config: GroupConfig) -> RemoteGroup:
     """Tandem Init: settings that cannot work fail here, before any process starts."""
     groups.check(config)
+    began = time.monotonic()
     driver = _driver_for(config.ray_address)
-    key, workers, on_this_host = driver.request("start", config)
+    key, workers, on_this_host, phases = driver.request("start", config)
+    if phases:
+        log.info("Tandem Init: %s", started(time.monotonic() - began,
+                                            driver.startup_s if driver.spawned >= began else None, phases))
     return RemoteGroup(driver, key, config, workers, on_this_host)
+
+
+def started(total_s: float, driver_s: float | None, phases: dict[str, float]) -> str:
+    """Where a group start's seconds went, in one line: the driver process's own start (when this start paid for it),
+    then each phase of ``workers.group.Group``."""
+    parts = ([f"driver process {driver_s:.1f} s"] if driver_s is not None else []) + [
+        f"{name} {seconds:.1f} s" for name, seconds in phases.items()]
+    return f"group started in {total_s:.1f} s ({', '.join(parts)})"
 
 
 def fingerprint(config: GroupConfig) -> str:
@@ -188,6 +206,25 @@ def fingerprint(config: GroupConfig) -> str:
         except TandemError:
             _end()
     return f"{groups.fingerprint(config)}@{_generation}"
+
+
+def prestart() -> None:
+    """When ComfyUI loads Tandem on a machine with GPUs: start the driver process and its private Ray head in the
+    background, so the first Tandem Init finds them running (they cost ~6 and ~4 s, see BENCHMARKS.md's start-up
+    section). ``TANDEM_PRESTART=0`` turns this off, ``1`` turns it on without GPUs too. A Tandem Init with a cluster
+    address replaces the private head; a head that failed to start is started again by Tandem Init."""
+    setting = os.environ.get("TANDEM_PRESTART", "auto")
+    if setting == "0" or (setting != "1" and not torch.cuda.is_available()):
+        return
+    driver = _driver_for("local")
+    threading.Thread(target=_warm, args=(driver,), name="tandem-prestart", daemon=True).start()
+
+
+def _warm(driver: Driver) -> None:
+    try:
+        driver.request("warm")
+    except TandemError as e:
+        log.warning("Tandem: could not start its Ray head in the background (%s); Tandem Init will try again", e)
 
 
 def shutdown() -> None:

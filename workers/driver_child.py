@@ -10,6 +10,7 @@ import pickle
 import queue
 import signal
 import threading
+import time
 from multiprocessing.connection import Connection
 
 EXIT_GRACE_S = 5.0      # after ComfyUI went away, a call still running this long (a load) is ended by SIGTERM
@@ -48,10 +49,15 @@ class _Calls:
         self.current, self.key = None, 0
 
     def start(self, config):
+        """The group's key, workers and host; with where its start's seconds went if it is new (else {})."""
         group = self.groups.start(config)
+        phases = {}
         if group is not self.current:
-            self.current, self.key = group, self.key + 1
-        return self.key, group.workers, group.on_this_host
+            self.current, self.key, phases = group, self.key + 1, group.phases
+        return self.key, group.workers, group.on_this_host, phases
+
+    def warm(self) -> None:
+        self.groups.warm()
 
     def fingerprint(self, config) -> str:
         return self.groups.fingerprint(config)
@@ -108,6 +114,7 @@ def serve(fd: int) -> None:
 
     import_comfyui(cpu=True)
     import comfy.model_management
+    import psutil
 
     from . import group as groups
 
@@ -122,6 +129,7 @@ def serve(fd: int) -> None:
     logger.addHandler(_Forward(reply))
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    reply(("ready", time.time() - psutil.Process().create_time()))
     calls = queue.Queue()
     threading.Thread(target=_read, args=(connection, calls, comfy.model_management), daemon=True).start()
     handlers = _Calls(groups, reply)

@@ -161,13 +161,17 @@ class Group:
         self.config = config
         self.stopped = False
         self.last_stats: list[dict] = []      # every rank's statistics of the last job (tests, benchmarks)
+        self.phases: dict[str, float] = {}    # where the start's seconds went (Tandem Init logs them)
+        began = time.monotonic()
         self.unit = _connect(config.ray_address, config.gpu_count, config.timeout_s)
+        self.phases["Ray"] = time.monotonic() - began
         available = int(ray.cluster_resources().get(self.unit[:-1], 0))
         validate_available(config, available, self.unit)
         on_gpu = self.unit == "GPUs"
         if not on_gpu:
             log.warning("Tandem: Ray sees no GPU; starting %d CPU workers on gloo", config.gpu_count)
         bundle = {"CPU": 1, "GPU": 1} if on_gpu else {"CPU": 1}
+        mark = time.monotonic()
         self.pg = placement_group([bundle] * config.gpu_count, strategy="PACK")
         try:
             ray.get(self.pg.ready(), timeout=config.timeout_s)
@@ -175,6 +179,7 @@ class Group:
             remove_placement_group(self.pg)
             raise TandemError(f"Ray could not reserve {config.gpu_count} {self.unit} within {config.timeout_s} s: "
                               "free them (another job holds them?) or lower GPU count") from None
+        self.phases["reserve"] = time.monotonic() - mark
         # Ray gives each actor one thread by default; loading copies weights with CPU threads.
         threads = str(max(1, int(ray.cluster_resources().get("CPU", 1)) // config.gpu_count))
         env = {"OMP_NUM_THREADS": threads}
@@ -188,9 +193,14 @@ class Group:
                            ).remote(i, config.as_dict())
             for i in range(config.gpu_count)]
         try:
+            mark = time.monotonic()
             host, port = self.get([self.actors[0].address.remote()], watch=False)[0]
+            self.get([a.ping.remote() for a in self.actors], watch=False)
+            self.phases["worker processes"] = time.monotonic() - mark
+            mark = time.monotonic()
             host = "127.0.0.1" if config.ray_address == "local" else host   # one machine: rendezvous on loopback
             self.workers = self.get([a.join.remote(host, port) for a in self.actors], watch=False)
+            self.phases["process group"] = time.monotonic() - mark
         except Exception:
             self.stop()
             raise
@@ -351,6 +361,11 @@ def check(config: GroupConfig) -> None:
         raise TandemConfigError(f"GPU count {config.gpu_count} would start {config.gpu_count} CPU workers on this "
                                 f"machine without GPUs, which holds at most {limit} ({cores} cores, {free_gb:.0f} GB "
                                 f"free): set GPU count to {limit} or fewer")
+
+
+def warm() -> None:
+    """Start the private Ray head before any Tandem Init asks for it (``workers.driver.prestart``)."""
+    _connect("local", 1, CONNECT_TIMEOUT_S)
 
 
 def start(config: GroupConfig) -> Group:
