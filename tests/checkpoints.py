@@ -173,6 +173,25 @@ FAMILIES: dict[str, Family] = {
     # Wan 2.2 S2V (WanModel_S2V): audio injected per frame after block 0 (its fixed injection layers), reference and
     # frame-packed motion tokens appended before the blocks
     "wan22_s2v": Family(comfy.supported_models.WAN22_S2V, {**_WAN, "model_type": "s2v"}, True, (1, 16, 1, 8, 8), 4096),
+    # HiDream-I1 (tiny): 2 double- and 2 single-stream blocks of width 64 (2 heads of 32, RoPE spanning the head as in
+    # the real 128), MoE feed-forwards with 4 experts (2 active) in the image stream, T5 and Llama-3 text of 256 (real
+    # 4096), one Llama layer per block (llama_layers), pooled CLIP of 768 (real 2048). Detection fixes 20 heads of 128
+    "hidream": Family(comfy.supported_models.HiDream, dict(
+        image_model="hidream", patch_size=2, in_channels=16, out_channels=16, num_layers=2, num_single_layers=2,
+        attention_head_dim=32, num_attention_heads=2, caption_channels=[256, 256], text_emb_dim=768,
+        num_routed_experts=4, num_activated_experts=2, axes_dims_rope=[16, 8, 8], max_resolution=[128, 128],
+        llama_layers=[0, 1, 2, 3]), False, (1, 16, 8, 8), 256, ("pooled_output", "conditioning_llama3"),
+        detect_overrides={"attention_head_dim": 128, "num_attention_heads": 20, "axes_dims_rope": [64, 32, 32],
+                          "caption_channels": [4096, 4096], "text_emb_dim": 2048}),
+    # Omnigen 2 (tiny): width 128, 2 heads and 1 KV head (GQA), 2 blocks in each refiner and 2 main blocks; text of 256
+    # (real: Qwen2.5-VL's 2048). Detection fixes 21 heads (7 KV) of 120
+    "omnigen2": Family(comfy.supported_models.Omnigen2, dict(
+        image_model="omnigen2", patch_size=2, in_channels=16, out_channels=None, hidden_size=128, num_layers=2,
+        num_refiner_layers=2, num_attention_heads=2, num_kv_heads=1, multiple_of=256, ffn_dim_multiplier=None,
+        norm_eps=1e-5, axes_dim_rope=[16, 24, 24], axes_lens=[1024, 1664, 1664], text_feat_dim=256,
+        timestep_scale=1000.0), False, (1, 16, 8, 8), 256, ("attention_mask",),
+        detect_overrides={"hidden_size": 2520, "num_attention_heads": 21, "num_kv_heads": 7,
+                          "axes_dim_rope": [40, 40, 40], "text_feat_dim": 2048}),
     # a model Tandem's sequence parallelism does not cover, small and detected: the "unsupported" error case. Wan 2.2
     # Animate (AnimateWanModel has its own forward, which no adapter claims); without pose and face it samples as
     # I2V. Its motion and face encoders have fixed sizes (~36M parameters), so bf16 on disk; 5 blocks: one face block
@@ -279,7 +298,11 @@ def sample_once(patcher: comfy.model_patcher.ModelPatcher, family: str, steps: i
     generator = torch.Generator().manual_seed(seed)
     latent = torch.zeros(spec.latent_shape)
     extra = {"pooled_output": torch.randn(1, 768, generator=generator), "guidance": 3.5,
-             "attention_mask": torch.ones(1, 8)}
+             "attention_mask": torch.ones(1, 8, dtype=torch.long)}     # as text encoders give it
+    if "conditioning_llama3" in spec.extra_cond:     # HiDream: 8 tokens of each Llama-3 layer its blocks read
+        layers = len(set(spec.unet_config["llama_layers"]))
+        extra["conditioning_llama3"] = torch.randn(1, layers, 8, spec.context_dim,
+                                                  generator=torch.Generator().manual_seed(seed))
     cond = [[torch.randn(1, 8, spec.context_dim, generator=generator), {k: extra[k] for k in spec.extra_cond}]]
     noise = comfy.sample.prepare_noise(latent, seed)
     return comfy.sample.sample(patcher, noise, steps, 1.0, "euler", "simple", cond, cond, latent, seed=seed)

@@ -1,14 +1,17 @@
-"""Lumina 2, Z-Image, SD3 and LTXV under Ulysses 2, Ring 2 and Ulysses 2 + FSDP equal ComfyUI's KSamplerAdvanced in
-one process (fp32), at a square latent (16 image tokens) and a non-square one with an odd token count (15, or LTXV's
-45: the split pads the second rank).
+"""Lumina 2, Z-Image, SD3, LTXV, HiDream and Omnigen 2 under Ulysses 2, Ring 2 and Ulysses 2 + FSDP equal ComfyUI's
+KSamplerAdvanced in one process (fp32), at a square latent (16 image tokens) and a non-square one with an odd token
+count (15, or LTXV's 45: the split pads the second rank).
 
 Each family's own inputs are exercised: Lumina 2's GQA and text attention masks (the caption refiner attends under
 them, replicated on every rank); Z-Image's pad tokens, ScaleROPE's shifted and scaled RoPE positions and ComfyUI's
 Z-Image sampling (ModelSamplingAuraFlow, shift 3); SD3.5 Medium's second image-only attention, pooled text and an
-SD3 ControlNet; LTXV's text masks and image-to-video noise mask (one timestep per token). The tiny Lumina 2 /
-Z-Image files load with their explicit config (ComfyUI detects the head layout only at the real widths), so the tiny
-Z-Image loads as ComfyUI's Lumina2 config: the ModelSampling node gives both sides the same sampling. Tests run mode
-by mode, so each group starts once.
+SD3 ControlNet; LTXV's text masks and image-to-video noise mask (one timestep per token); HiDream's T5 tokens, the
+Llama-3 layers its blocks read one each (of another length than the T5 text) and pooled vector, with MoE
+feed-forwards; Omnigen 2's reference image (ReferenceLatent's latent: its tokens run their own refiner, split, and
+join the image's in the main blocks), caption refiner (replicated) and GQA. The tiny Lumina 2 / Z-Image / HiDream /
+Omnigen 2 files load with their explicit config (ComfyUI detects the head layout only at the real widths), so the
+tiny Z-Image loads as ComfyUI's Lumina2 config: the ModelSampling node gives both sides the same sampling. Tests run
+mode by mode, so each group starts once.
 """
 import math
 
@@ -28,28 +31,40 @@ MODES = {   # in the suite the previous file leaves Ulysses 2 + FSDP running: it
     "ulysses2": GroupConfig(gpu_count=2, ulysses_degree=2, timeout_s=60),
 }
 SIZES = {"16-tokens": (8, 8), "15-tokens": (6, 10), "15-tokens+controlnet": (6, 10),   # latent [frames ×] H × W
-         "16-tokens-video": (1, 4, 4), "45-tokens-video+i2v": (3, 3, 5)}
+         "16-tokens-video": (1, 4, 4), "45-tokens-video+i2v": (3, 3, 5), "15-tokens+reference": (6, 10)}
+REFERENCES = {"15-tokens+reference": (6, 4)}     # reference latent H × W (Omnigen 2): 6 more tokens
 FAMILY_SIZES = {"lumina2": ("16-tokens", "15-tokens"), "z_image": ("16-tokens", "15-tokens"),
                 "sd35": ("16-tokens", "15-tokens", "15-tokens+controlnet"),
-                "ltxv": ("16-tokens-video", "45-tokens-video+i2v")}
+                "ltxv": ("16-tokens-video", "45-tokens-video+i2v"),
+                "hidream": ("16-tokens", "15-tokens"), "omnigen2": ("16-tokens", "15-tokens+reference")}
 PATCH = {"ltxv": 1}       # latent pixels per token side (frames are never patched); the others 2
 # sequence-parallel attentions per forward: NextDiT's 2 noise-refiner + 2 main blocks; the tiny SD3.5's 2 joint
-# blocks, the first with a second, image-only attention; LTXV's self-attention in each of its 2 blocks
-ATTENTIONS = {"lumina2": 4, "z_image": 4, "sd35": 3, "ltxv": 2}
+# blocks, the first with a second, image-only attention; LTXV's self-attention in each of its 2 blocks; HiDream's 2
+# double- and 2 single-stream blocks; Omnigen 2's 2 noise-refiner and 2 main blocks (and 2 reference-refiner blocks
+# with a reference)
+ATTENTIONS = {"lumina2": 4, "z_image": 4, "sd35": 3, "ltxv": 2, "hidream": 4, "omnigen2": 4}
+TEXT_PADDING = {"omnigen2": 0}     # Omnigen 2 counts its text tokens from the mask: its encoder pads none
 CASES = [(mode, family, size) for mode in MODES for family, sizes in FAMILY_SIZES.items() for size in sizes]
 
 
 def request(family: str, size: str) -> SampleRequest:
     """Distinct positive and negative text (12 and 7 tokens); Lumina 2's carry masks with padding at the end, SD3's a
-    pooled vector (and, for a "+controlnet" size, a ControlNet)."""
+    pooled vector (and, for a "+controlnet" size, a ControlNet), HiDream's also 9 and 5 tokens of each Llama-3 layer;
+    a "+reference" size gives both a reference latent."""
     spec = FAMILIES[family]
     g = torch.Generator().manual_seed(7)
     conds = []
-    for tokens, padding in ((12, 3), (7, 2)):
+    for tokens, padding, llama in ((12, 3, 9), (7, 2, 5)):
         extra = {"pooled_output": torch.randn(1, 768, generator=g)} if "pooled_output" in spec.extra_cond else {}
         if "attention_mask" in spec.extra_cond:     # as the text encoders give it: 1 for a token, 0 for padding
             extra["attention_mask"] = torch.ones(1, tokens, dtype=torch.long)
-            extra["attention_mask"][:, tokens - padding:] = 0
+            extra["attention_mask"][:, tokens - TEXT_PADDING.get(family, padding):] = 0
+        if "conditioning_llama3" in spec.extra_cond:     # [batch, Llama layers, tokens, width]
+            layers = len(set(spec.unet_config["llama_layers"]))
+            extra["conditioning_llama3"] = torch.randn(1, layers, llama, spec.context_dim, generator=g)
+        if size in REFERENCES:
+            extra["reference_latents"] = [torch.randn(1, spec.latent_shape[1], *REFERENCES[size],
+                                                      generator=torch.Generator().manual_seed(11))]
         conds.append([[torch.randn(1, tokens, spec.context_dim, generator=g), extra]])
     shape = (1, spec.latent_shape[1], *SIZES[size])
     latent = {"samples": torch.zeros(shape)}
@@ -104,6 +119,15 @@ def image_tokens(family: str, size: tuple[int, ...]) -> int:
     return -(-tokens // multiple) * multiple
 
 
+def block_tokens(family: str, size: str) -> list[int]:
+    """Each rank's tokens in the blocks: half the image's; with an Omnigen 2 reference, also half the reference's (its
+    refiner) and half of both (the main blocks)."""
+    parts = [image_tokens(family, SIZES[size])]
+    if size in REFERENCES:
+        parts += [image_tokens(family, REFERENCES[size]), parts[0] + image_tokens(family, REFERENCES[size])]
+    return sorted({math.ceil(n / 2) for n in parts})
+
+
 _expected: dict[tuple[str, str], torch.Tensor] = {}
 
 
@@ -132,10 +156,11 @@ def test_single_stream_families_equal_single_process(_tandem_session, checkpoint
     print(f"{family} {size} {mode}: relative error {error:.2e}, per-rank stats {stats}")
     assert latent.shape == reference.shape and error < 1e-4
     assert [rank_stats["rank"] for rank_stats in stats] == [0, 1]
+    attentions = ATTENTIONS[family] + (2 if size in REFERENCES else 0)     # Omnigen 2's reference refiner
     for rank_stats in stats:                     # each rank's blocks held its share of the image tokens, never all
-        assert rank_stats["block_tokens"] == [math.ceil(image_tokens(family, SIZES[size]) / 2)]
-        assert rank_stats["attention_calls"] >= 2 * STEPS * ATTENTIONS[family]   # positive and negative apart
-    if "controlnet" in size:                     # the residuals matter far beyond the tolerance
+        assert rank_stats["block_tokens"] == block_tokens(family, size)
+        assert rank_stats["attention_calls"] >= 2 * STEPS * attentions    # positive and negative apart
+    if size.endswith(("+controlnet", "+reference")):    # the residuals / the reference matter far beyond the tolerance
         plain = expected(path, family, size.split("+")[0])
         assert ((reference - plain).norm() / plain.norm()).item() > 1e-3
     if MODES[mode].fsdp:
