@@ -1,5 +1,8 @@
 """FSDP2 sharding of a DiT: ``fully_shard`` per transformer block, then the root, in the checkpoint's own dtypes.
 
+The mesh is the layout's (``parallel/layout.fsdp_mesh``): 1-D on one host; on several, 2-D (replicate, shard), which
+``fully_shard`` runs as HSDP, each host holding one whole copy of the weights sharded over its own ranks.
+
 FSDP2 gathers one flat buffer per block, so a block's parameters must share a dtype. Mixed-dtype ("scaled fp8")
 blocks keep their majority dtype sharded and the others (scales, biases) replicated via ``ignored_params``.
 """
@@ -10,6 +13,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 from torch.distributed.fsdp._fully_shard._fsdp_api import AllGather
+from torch.distributed.tensor import DTensor
 
 
 def _odd_dtype_params(module: torch.nn.Module, skip: set[int]) -> set[torch.nn.Parameter]:
@@ -38,6 +42,13 @@ class ByteAllGather(AllGather):
                  async_op: bool = False) -> dist.Work | None:
         return _all_gather(output_tensor.view(torch.uint8), input_tensor.view(torch.uint8), group=group,
                            async_op=async_op)
+
+
+def shard_of(param: DTensor) -> tuple[int, int]:
+    """(how many dim-0 shards, which one is this rank's) of a parameter FSDP2 sharded: along the mesh dimension it is
+    sharded on (HSDP's last; the first only replicates)."""
+    dim = next(i for i, placement in enumerate(param.placements) if placement.is_shard())
+    return param.device_mesh.size(dim), param.device_mesh.get_local_rank(dim)
 
 
 def transformer_blocks(root: torch.nn.Module) -> list[torch.nn.Module]:

@@ -1,7 +1,8 @@
 """One owner of the parallel layout: every rank coordinate and every process group comes from one rank grid.
 
-Ranks form the grid [dp][cfg][ring][ulysses], the Ulysses coordinate varying fastest, and the group start places
-ranks host by host, so consecutive ranks share a host. Hence:
+Ranks form the grid [dp][cfg][ring][ulysses], the Ulysses coordinate varying fastest, and the group start numbers
+ranks host by host (``host_order``: Ray's node of each placement-group bundle, ComfyUI's node first), so consecutive
+ranks share a host. Hence:
 
 - a **Ulysses** group is ``ulysses_degree`` consecutive ranks: its all-to-all, which moves every token of q, k, v
   and the output at once and waits for all of it, stays on the nearest links (one NVLink island or host);
@@ -10,7 +11,13 @@ ranks host by host, so consecutive ranks share a host. Hence:
 - the **sequence** group is one [ring][ulysses] block (the ranks that hold slices of one sequence);
 - a **CFG** pair is the same sequence coordinate in the two branches, ``sequence_degree`` ranks apart;
 - a **data-parallel replica** is one [cfg][ring][ulysses] block; its first rank returns its rows of the latent;
-- the **host** group is the ranks on one host, which share a page cache and read each file once between them.
+- the **host** group is the ranks on one host, which share a page cache and read each file once between them;
+- the **FSDP mesh** shards over the ranks of a host and, with several hosts, replicates across them (HSDP): a
+  block's all-gather stays inside the host, and inference sends nothing over the replicate dimension.
+
+A host is a Ray node (its node id, not its IP: several raylets on one machine are several hosts to Ray's scheduler,
+and a simulated cluster tests the multi-host layout on one machine). ``check_hosts`` refuses a placement that would
+put one Ulysses group on two hosts.
 
 ``build`` creates every group once, when a worker joins, in the same order on every rank (torch.distributed needs
 every rank to create every group, its own or not); a degree of 1 has no group (None).
@@ -18,8 +25,9 @@ every rank to create every group, its own or not); a degree of 1 has no group (N
 from dataclasses import dataclass
 
 import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-from .degrees import GroupConfig
+from .degrees import GroupConfig, TandemConfigError
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,8 @@ class Layout:
     ring: dist.ProcessGroup | None          # the ranks that pass K/V around (the sequence group without Ulysses)
     cfg: dist.ProcessGroup | None           # this rank and its partner in the other CFG branch
     host: dist.ProcessGroup                 # the ranks on this rank's host
+    hosts: list[str]                        # every rank's host, by rank
+    mesh: DeviceMesh | None                 # FSDP's: (shard) on one host, (replicate, shard) over several
 
     @property
     def leads_replica(self) -> bool:
@@ -74,8 +84,54 @@ class Layout:
 
     def describe(self) -> str:
         c = self.config
-        return (f"{c.world_size} ranks = data parallel {c.dp_degree} × CFG {c.cfg_degree} × Ring {c.ring_degree} × "
+        text = (f"{c.world_size} ranks = data parallel {c.dp_degree} × CFG {c.cfg_degree} × Ring {c.ring_degree} × "
                 f"Ulysses {c.ulysses_degree}")
+        if self.mesh is not None and self.mesh.ndim == 2:
+            text += f", FSDP sharded over the {self.mesh.size(1)} ranks of a host, replicated over {self.mesh.size(0)} hosts"
+        elif self.mesh is not None:
+            text += f", FSDP sharded over all {self.mesh.size()} ranks" + (
+                " (the hosts hold unequal numbers of ranks, so no HSDP)" if len(set(self.hosts)) > 1 else "")
+        return f"{text}; {placement(self.hosts)}"
+
+
+def _spans(ranks: list[int]) -> str:
+    return f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {ranks[0]}–{ranks[-1]}"
+
+
+def by_host(hosts: list[str]) -> dict[str, list[int]]:
+    """Each host's ranks, hosts in rank order."""
+    ranks: dict[str, list[int]] = {}
+    for rank, host in enumerate(hosts):
+        ranks.setdefault(host, []).append(rank)
+    return ranks
+
+
+def placement(hosts: list[str]) -> str:
+    """Which ranks run on which host, e.g. "10.0.0.5 (node 3f2a1b): ranks 0–3, 10.0.0.6 (node 9c0d4e): ranks 4–7"."""
+    return ", ".join(f"{host}: {_spans(ranks)}" for host, ranks in by_host(hosts).items())
+
+
+def host_order(nodes: list[str], first: str) -> list[int]:
+    """The placement-group bundles in rank order, given each bundle's node: ``first`` (ComfyUI's node, where rank 0
+    hands results over through shared memory) first, then the others in the order their first bundle comes, each
+    node's bundles together (the vLLM way: ranks sorted by node, so consecutive ranks share a host)."""
+    position = {node: i for i, node in reversed(list(enumerate(nodes)))}     # each node's first bundle
+    position[first] = -1
+    return sorted(range(len(nodes)), key=lambda i: (position[nodes[i]], i))
+
+
+def check_hosts(config: GroupConfig, hosts: list[str]) -> None:
+    """Refuse a placement that puts one Ulysses group (``ulysses_degree`` consecutive ranks) on two hosts: its
+    all-to-all would cross the slowest link at every attention call. Ring, CFG and data-parallel groups may span
+    hosts. With ranks sorted host by host this means every host must hold a multiple of the Ulysses degree."""
+    u = config.ulysses_degree
+    for start in range(0, len(hosts), u):
+        if len(set(hosts[start:start + u])) > 1:
+            counts = ", ".join(f"{len(ranks)} on {host}" for host, ranks in by_host(hosts).items())
+            raise TandemConfigError(
+                f"Ulysses degree {u} would split the Ulysses group of ranks {start}–{start + u - 1} over two hosts "
+                f"(Ray placed {counts}): give every host a multiple of {u} GPUs (GPU count, or the GPUs each host "
+                f"offers Ray), or lower the Ulysses degree (add Ring degree instead)")
 
 
 def _new_group(ranks: list[int]) -> dist.ProcessGroup:
@@ -91,24 +147,23 @@ def _mine(rank: int, rank_lists_of_kind: list[list[int]]) -> dist.ProcessGroup |
     return mine
 
 
-def build(config: GroupConfig, rank: int, host: str) -> Layout:
-    """This rank's layout, every group of the grid created (collective: every rank calls it with its host's IP)."""
+def build(config: GroupConfig, rank: int, hosts: list[str], device_type: str) -> Layout:
+    """This rank's layout, every group of the grid created (collective: every rank calls it with the same ``hosts``,
+    every rank's host in rank order, as the group start placed them)."""
     groups = {kind: _mine(rank, lists) for kind, lists in rank_lists(config).items()}
     sequence = groups["sequence"]
     ulysses = groups["ulysses"] or (sequence if config.ring_degree == 1 else None)
     ring = groups["ring"] or (sequence if config.ulysses_degree == 1 else None)
-    return Layout(config, rank, coordinates(config, rank), sequence, ulysses, ring, groups["cfg"],
-                  _host_group(host, rank))
+    host = _mine(rank, list(by_host(hosts).values())) if len(set(hosts)) > 1 else dist.group.WORLD
+    return Layout(config, rank, coordinates(config, rank), sequence, ulysses, ring, groups["cfg"], host, hosts,
+                  fsdp_mesh(hosts, device_type) if config.fsdp else None)
 
 
-def _host_group(host: str, rank: int) -> dist.ProcessGroup:
-    hosts: list[str | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(hosts, host)
-    if len(set(hosts)) == 1:
-        return dist.group.WORLD
-    mine = None
-    for name in sorted(set(hosts)):
-        group = dist.new_group([r for r, h in enumerate(hosts) if h == name])
-        if name == host:
-            mine = group
-    return mine
+def fsdp_mesh(hosts: list[str], device_type: str) -> DeviceMesh:
+    """FSDP's mesh: shard over all ranks on one host; over several, shard within each host and replicate across
+    hosts (HSDP, a 2-D (replicate, shard) mesh whose rows are the hosts), so a block's all-gather never leaves the
+    host. Hosts holding unequal numbers of ranks cannot form that grid: they shard over every rank (slower)."""
+    per_host = [len(ranks) for ranks in by_host(hosts).values()]
+    if len(per_host) > 1 and len(set(per_host)) == 1:
+        return init_device_mesh(device_type, (len(per_host), per_host[0]), mesh_dim_names=("replicate", "shard"))
+    return init_device_mesh(device_type, (len(hosts),), mesh_dim_names=("shard",))

@@ -18,6 +18,7 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from . import quantized
+from .fsdp import shard_of
 from .weights import assign
 
 PREFIX = "diffusion_model."
@@ -41,8 +42,8 @@ def set_weights(model: torch.nn.Module, sd: dict, patches: dict[str, list], keys
             value = _patched(value, patches[key], key, set_func, convert_func, weight.dtype)
         if isinstance(weight, DTensor):
             local = weight.to_local()
-            chunks = torch.chunk(value, weight.device_mesh.size(), dim=0)
-            rank = weight.device_mesh.get_local_rank()
+            shards, rank = shard_of(weight)
+            chunks = torch.chunk(value, shards, dim=0)
             if rank < len(chunks) and local.numel():
                 local.copy_(chunks[rank])
         else:   # a new tensor: a CPU worker's weight may be the file's mmap, which is never written

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
 from .degrees import TandemConfigError
+from .fsdp import shard_of
 from .staging import FileRanges, Stager
 
 
@@ -123,15 +124,16 @@ def _fill_full(source: torch.Tensor, dtype: torch.dtype, device: torch.device, s
 @torch.no_grad()
 def materialize(module: torch.nn.Module, sd: dict, device: torch.device, ranges: FileRanges | None = None,
                 fanout: Fanout | None = None, threads: int = 2, decode: dict[str, Callable] | None = None
-                ) -> list[str]:
+                ) -> tuple[list[str], int]:
     """Replace every meta parameter/buffer of ``module`` by the file's tensor on ``device``; return what stayed
-    unfilled (keys the file lacks, and buffers a model computes at construction, which ``meta`` cannot keep).
+    unfilled (keys the file lacks, and buffers a model computes at construction, which ``meta`` cannot keep) and the
+    bytes of this rank's own FSDP shards it read.
     ``decode`` maps keys whose file tensor is encoded (GGUF blocks outside a quantized layer) to their decoder.
 
     FSDP-sharded parameters (DTensors, already allocated by ``to_empty``) get only this rank's shard. On a CPU
     worker without ``fanout`` the full tensors are the mmap views themselves (the shared page cache).
     """
-    missing = []
+    missing, shard_bytes = [], 0
     stager = Stager(ranges, threads) if device.type == "cuda" or fanout is not None else None
     try:
         for name, tensor in list(module.state_dict(keep_vars=True).items()):
@@ -145,7 +147,7 @@ def materialize(module: torch.nn.Module, sd: dict, device: torch.device, ranges:
             put = partial(assign, owner, attr)
             convert = (decode or {}).get(name)
             if isinstance(tensor, DTensor):
-                _fill_shard(tensor, convert(sd[name].to(device)) if convert else sd[name], stager)
+                shard_bytes += _fill_shard(tensor, convert(sd[name].to(device)) if convert else sd[name], stager)
             elif stager is None:
                 put(convert(sd[name]) if convert else sd[name].to(tensor.dtype))
             else:
@@ -156,7 +158,7 @@ def materialize(module: torch.nn.Module, sd: dict, device: torch.device, ranges:
     for work in fanout.works if fanout else ():
         work.wait()
     unfilled = [n for n, t in (*module.named_parameters(), *module.named_buffers()) if t.is_meta]   # non-persistent
-    return missing + [n for n in unfilled if n not in missing]
+    return missing + [n for n in unfilled if n not in missing], shard_bytes
 
 
 def refuse_computed_buffers(module: torch.nn.Module, sd: dict) -> None:
@@ -180,15 +182,14 @@ def assign(owner: torch.nn.Module, attr: str, value: torch.Tensor) -> None:
         owner._buffers[attr] = value
 
 
-def _fill_shard(param: DTensor, full: torch.Tensor, stager: Stager | None) -> None:
+def _fill_shard(param: DTensor, full: torch.Tensor, stager: Stager | None) -> int:
     """Copy this rank's dim-0 chunk of ``full`` (torch.chunk, as FSDP2 shards) into the sharded parameter: a
-    contiguous byte range of the file, read by this rank alone."""
+    contiguous byte range of the file, read by this rank alone. Returns its size."""
     local = param.to_local()
-    mesh = param.device_mesh
-    chunks = torch.chunk(full, mesh.size(), dim=0)
-    rank = mesh.get_local_rank()
+    shards, rank = shard_of(param)
+    chunks = torch.chunk(full, shards, dim=0)
     if rank >= len(chunks) or not local.numel():
-        return
+        return 0
     chunk = chunks[rank]
     if stager is None:
         local.copy_(chunk)
@@ -197,6 +198,7 @@ def _fill_shard(param: DTensor, full: torch.Tensor, stager: Stager | None) -> No
     else:
         staged = torch.empty(chunk.shape, dtype=chunk.dtype, device=local.device)
         stager.put(chunk, staged, then=lambda: local.copy_(staged))
+    return chunk.numel() * chunk.element_size()
 
 
 class ResidentModelPatcher(comfy.model_patcher.ModelPatcher):

@@ -31,3 +31,34 @@ def test_every_group_comes_from_one_grid(config):
         assert (a.replica, a.ring, a.ulysses) == (b.replica, b.ring, b.ulysses) and {a.branch, b.branch} == {0, 1}
     for kind, groups in lists.items():     # each kind covers every rank once (when it exists)
         assert not groups or sorted(itertools.chain(*groups)) == list(range(world)), kind
+
+
+def test_ranks_go_host_by_host_comfyuis_host_first():
+    """Bundles as Ray placed them (node of each); ranks take them node by node, the driver's node first."""
+    from tandem.parallel.layout import host_order
+
+    assert host_order(["b", "a", "b", "a"], first="a") == [1, 3, 0, 2]
+    assert host_order(["b", "c", "b", "c"], first="a") == [0, 2, 1, 3]    # the driver's node holds no worker
+    assert host_order(["a", "a"], first="a") == [0, 1]
+
+
+@pytest.mark.parametrize("hosts, ulysses, ok", [
+    (["a", "a", "b", "b"], 2, True),            # 2 + 2, Ulysses 2 × Ring 2: each Ulysses pair on one host
+    (["a", "a", "a", "b"], 1, True),            # 3 + 1 without Ulysses: ring / data-parallel groups may span hosts
+    (["a", "a", "a", "b"], 2, False),           # 3 + 1, Ulysses 2: ranks 2–3 would span the two hosts
+    (["a"] * 6 + ["b"] * 2, 4, False),          # 6 + 2, Ulysses 4: ranks 4–7 span
+    (["a"] * 4 + ["b"] * 4, 4, True),
+])
+def test_a_ulysses_group_never_spans_hosts(hosts, ulysses, ok):
+    from tandem.parallel.degrees import TandemConfigError
+    from tandem.parallel.layout import check_hosts
+
+    config = GroupConfig(gpu_count=len(hosts), ulysses_degree=ulysses, ring_degree=len(hosts) // ulysses)
+    if ok:
+        check_hosts(config, hosts)
+        return
+    with pytest.raises(TandemConfigError) as refused:
+        check_hosts(config, hosts)
+    message = str(refused.value)
+    print(message)
+    assert "\n" not in message and f"multiple of {ulysses} GPUs" in message and "lower the Ulysses degree" in message

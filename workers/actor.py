@@ -12,7 +12,6 @@ import comfy.patcher_extension
 import ray
 import torch
 import torch.distributed as dist
-from torch.distributed.device_mesh import init_device_mesh
 
 from ..models import adapter_for, fsdp_blocks
 from ..parallel import cfg, data, formats, fsdp, layout, lora, process_group, tiles, weights
@@ -31,6 +30,7 @@ class Resident:
     shard: SequenceShard | None                 # the sequence split its attention uses, if any
     sources: dict[str, torch.Tensor]            # the file's tensors (mmap views): the originals LoRA patches
     read_bytes: int | None                      # full-tensor bytes this rank read for the host (fan-out)
+    shard_bytes: int                            # bytes of its own FSDP shards this rank read
     lora: object = None                         # the patches_uuid the weights carry now
     lora_keys: set[str] = field(default_factory=set)   # and the keys it patched
 
@@ -55,18 +55,19 @@ class Worker:
     def address(self) -> tuple[str, int]:
         return ray.util.get_node_ip_address(), process_group.free_port()
 
-    def join(self, host: str, port: int) -> dict:
-        """Join the process group, pass the self-test, build the layout's sub-groups."""
+    def join(self, host: str, port: int, hosts: list[str]) -> dict:
+        """Join the process group, pass the self-test, build the layout's sub-groups (``hosts``: every rank's host,
+        as the group start placed them)."""
         process_group.join(host, port, self.rank, self.config.world_size, self.device, self.config.timeout_s)
         process_group.self_test(self.device, self.config.timeout_s)
-        self.layout = layout.build(self.config, self.rank, ray.util.get_node_ip_address())
-        self.mesh = init_device_mesh(self.device.type, (self.config.world_size,)) if self.config.fsdp else None
+        self.layout = layout.build(self.config, self.rank, hosts, self.device.type)
         self.attend, warning = resolve_backend(self.config.attention, self.device, self.config.ring_degree > 1)
         if warning:
             self.warnings.append(warning)
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
-        return {"rank": self.rank, "pid": os.getpid(), "host": ray.util.get_node_ip_address(), "device": name,
-                "warnings": self.warnings, "layout": self.layout.describe()}
+        return {"rank": self.rank, "pid": os.getpid(), "host": ray.util.get_node_ip_address(),
+                "node": ray.get_runtime_context().get_node_id(), "device": name, "warnings": self.warnings,
+                "layout": self.layout.describe()}
 
     def ping(self) -> int:
         return os.getpid()
@@ -76,6 +77,7 @@ class Worker:
 
         ``unet_config`` overrides what ComfyUI's detection infers from the file's keys; ``fanout`` (one of
         ``weights.FANOUTS``) overrides how the host's ranks share reading the file (see ``_fanout``)."""
+        self._check_readable(path)
         key = (path, weight_dtype, formats.identity(path), json.dumps(unet_config, sort_keys=True), fanout)
         if key not in self.models:
             try:
@@ -90,9 +92,26 @@ class Worker:
         params = list(resident.patcher.model.diffusion_model.parameters())
         local = [p.to_local() if hasattr(p, "to_local") else p for p in params]
         return {"key": key, "model": type(resident.patcher.model.model_config).__name__,
-                "read_bytes": resident.read_bytes, "local_params": sum(p.numel() for p in local),
-                "local_bytes": sum(p.numel() * p.element_size() for p in local),
+                "read_bytes": resident.read_bytes, "shard_bytes": resident.shard_bytes,
+                "local_params": sum(p.numel() for p in local), "local_bytes": sum(p.numel() * p.element_size() for p in local),
                 "dtypes": sorted({str(p.dtype) for p in params})}
+
+    def _check_readable(self, path: str) -> None:
+        """Every host reads its own copy of a file, at the path ComfyUI's host gave: one missing or unreadable on some
+        host is one line naming those hosts and the path, raised by every rank before any of them starts loading
+        (a rank that failed alone would leave the others waiting in a collective)."""
+        try:
+            with open(path, "rb"):
+                problem = None
+        except OSError as e:
+            problem = e.strerror or type(e).__name__
+        problems: list[str | None] = [None] * self.config.world_size
+        dist.all_gather_object(problems, problem)
+        failing = {self.layout.hosts[rank]: p for rank, p in enumerate(problems) if p}
+        if failing:
+            where = "; ".join(f"on host {host}: {problem}" for host, problem in failing.items())
+            raise TandemConfigError(f"{path} cannot be read {where}: every host reads its own copy at the same path "
+                                    "as on ComfyUI's host; copy the file there")
 
     def _fanout(self, choice: str | None) -> weights.Fanout | None:
         """How this host's ranks share reading the file. By default each GPU reads 1/N of it and broadcasts that
@@ -118,10 +137,10 @@ class Worker:
             adapter.install_sequence_parallel(diffusion_model, shard, self.attend)
         weights.refuse_computed_buffers(diffusion_model, opened.sd)
         if self.config.fsdp:
-            fsdp.shard(diffusion_model, fsdp_blocks(diffusion_model), self.mesh, self.config.fsdp_cpu_offload)
+            fsdp.shard(diffusion_model, fsdp_blocks(diffusion_model), grid.mesh, self.config.fsdp_cpu_offload)
             diffusion_model.to_empty(device="cpu" if self.config.fsdp_cpu_offload else self.device)
         local_ranks = dist.get_world_size(self.layout.host)
-        missing = weights.materialize(diffusion_model, opened.sd, self.device, opened.ranges, fanout,
+        missing, shard_bytes = weights.materialize(diffusion_model, opened.sd, self.device, opened.ranges, fanout,
                                       reader_threads(local_ranks), opened.decode)
         if missing:
             raise TandemConfigError(f"{os.path.basename(path)} lacks {len(missing)} weights that ComfyUI's "
@@ -130,7 +149,7 @@ class Worker:
         model.device = self.device
         patcher = weights.ResidentModelPatcher(model, load_device=self.device, offload_device=self.device)
         diffusion_model.register_forward_pre_hook(self._count_rows)
-        return Resident(patcher, shard, opened.sd, fanout.read_bytes[fanout.me] if fanout else None)
+        return Resident(patcher, shard, opened.sd, fanout.read_bytes[fanout.me] if fanout else None, shard_bytes)
 
     def _count_rows(self, module, args) -> None:
         self._rows += args[0].shape[0] if args else 0

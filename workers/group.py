@@ -18,9 +18,10 @@ import comfy.model_management
 import psutil
 import ray
 import torch
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from ..parallel import layout
 from ..parallel.degrees import GroupConfig, TandemConfigError, TandemError, validate, validate_available
 from . import transport
 from .actor import Worker
@@ -154,8 +155,16 @@ class _Pings:
         return None
 
 
+def host_name(node_id: str) -> str:
+    """A host as the layout and its messages name it: a Ray node, by its IP and the start of its node id (two raylets
+    on one machine, as in a simulated cluster, are two hosts)."""
+    ips = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes()}
+    return f"{ips.get(node_id, '?')} (node {node_id[:6]})"
+
+
 class Group:
-    """N actors, rank i on bundle i of one placement group, all in one torch.distributed group."""
+    """N actors on one placement group, numbered host by host (``layout.host_order``), in one torch.distributed
+    group."""
 
     def __init__(self, config: GroupConfig):
         self.config = config
@@ -180,6 +189,18 @@ class Group:
             raise TandemError(f"Ray could not reserve {config.gpu_count} {self.unit} within {config.timeout_s} s: "
                               "free them (another job holds them?) or lower GPU count") from None
         self.phases["reserve"] = time.monotonic() - mark
+        # Ranks go host by host, so that each Ulysses group (consecutive ranks) stays on one host; a placement that
+        # cannot do that is refused before any actor starts.
+        nodes = placement_group_table(self.pg)["bundles_to_node_id"]
+        nodes = [nodes[i] for i in range(config.gpu_count)]
+        self.node = ray.get_runtime_context().get_node_id()         # the driver's: ComfyUI's host
+        bundles = layout.host_order(nodes, self.node)
+        self.hosts = [host_name(nodes[b]) for b in bundles]
+        try:
+            layout.check_hosts(config, self.hosts)
+        except TandemConfigError:
+            remove_placement_group(self.pg)
+            raise
         # Ray gives each actor one thread by default; loading copies weights with CPU threads.
         threads = str(max(1, int(ray.cluster_resources().get("CPU", 1)) // config.gpu_count))
         env = {"OMP_NUM_THREADS": threads}
@@ -189,9 +210,9 @@ class Group:
         remote = ray.remote(Worker)
         self.actors = [
             remote.options(num_cpus=1, num_gpus=1 if on_gpu else 0, max_concurrency=4, runtime_env=runtime_env,
-                           scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i)
-                           ).remote(i, config.as_dict())
-            for i in range(config.gpu_count)]
+                           scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=b)
+                           ).remote(rank, config.as_dict())
+            for rank, b in enumerate(bundles)]
         try:
             mark = time.monotonic()
             host, port = self.get([self.actors[0].address.remote()], watch=False)[0]
@@ -199,12 +220,13 @@ class Group:
             self.phases["worker processes"] = time.monotonic() - mark
             mark = time.monotonic()
             host = "127.0.0.1" if config.ray_address == "local" else host   # one machine: rendezvous on loopback
-            self.workers = self.get([a.join.remote(host, port) for a in self.actors], watch=False)
+            self.workers = self.get([a.join.remote(host, port, self.hosts) for a in self.actors], watch=False)
             self.phases["process group"] = time.monotonic() - mark
         except Exception:
             self.stop()
             raise
-        self.on_this_host = all(info["host"] == ray.util.get_node_ip_address() for info in self.workers)
+        self.on_this_host = all(info["node"] == self.node for info in self.workers)
+        log.info("Tandem: %s", self.workers[0]["layout"])
         for warning in sorted({w for info in self.workers for w in info["warnings"]}):
             log.warning("Tandem: %s", warning)
 
