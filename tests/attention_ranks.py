@@ -72,7 +72,7 @@ def main(rank: int, world: int, port: int) -> None:
     errors = {}
     for ulysses, ring in LAYOUTS[world]:
         config = GroupConfig(gpu_count=world, ulysses_degree=ulysses, ring_degree=ring)
-        grid = layout.build(config, rank, "127.0.0.1")
+        grid = layout.build(config, rank, ["127.0.0.1"] * world, "cpu")
         shard = SequenceShard(grid.sequence, ulysses_group=grid.ulysses, ring_group=grid.ring)
         for seed, tokens in enumerate(TOKENS):
             for name, text_first in TEXT.items():
