@@ -1,7 +1,7 @@
 """Sequence-parallel adapters, one module per DiT family, matched on ComfyUI's exact diffusion-model class.
 
 An adapter (``Adapter``) declares the ComfyUI classes it serves, by import path and exactly: a subclass with its own
-forward (``AnimateWanModel``) is never claimed by its parent's adapter unless that adapter lists it.
+forward (Wan's ``AnimateWanModel``, served by ``wan_variants``) is never claimed by its parent's adapter.
 It declares where its hooks go (``HOOKS``: where the tokens are split, which calls' attention runs through
 Ulysses / Ring, where they are gathered), which the contract test checks against a model built on ``meta``, so a
 ComfyUI update that moves a module fails there, cheaply. Adapter modules are imported when a model is loaded, one

@@ -192,14 +192,19 @@ FAMILIES: dict[str, Family] = {
         timestep_scale=1000.0), False, (1, 16, 8, 8), 256, ("attention_mask",),
         detect_overrides={"hidden_size": 2520, "num_attention_heads": 21, "num_kv_heads": 7,
                           "axes_dim_rope": [40, 40, 40], "text_feat_dim": 2048}),
-    # a model Tandem's sequence parallelism does not cover, small and detected: the "unsupported" error case. Wan 2.2
-    # Animate (AnimateWanModel has its own forward, which no adapter claims); without pose and face it samples as
-    # I2V. Its motion and face encoders have fixed sizes (~36M parameters), so bf16 on disk; 5 blocks: one face block
-    # per 5, which detection needs. (Cosmos Predict2, the smaller-looking choice, computes RoPE buffers at
-    # construction, which Tandem's meta-device loading cannot fill yet.)
+    # Wan 2.2 Animate (AnimateWanModel): pose latents added to the patch embedding, a face block after every fifth
+    # block; without pose and face it samples as I2V. Its motion and face encoders have fixed sizes (~36M
+    # parameters), so bf16 on disk; 5 blocks: one face block per 5, which detection needs
     "wan22_animate": Family(comfy.supported_models.WAN22_Animate,
                             {**_WAN, "model_type": "animate", "in_dim": 36, "num_layers": 5},
                             True, (1, 16, 1, 8, 8), 4096, dtype=torch.bfloat16),
+    # a model Tandem's sequence parallelism does not cover, small and detected: the "unsupported" error case.
+    # PixArt Sigma (PixArtMS), the smallest such DiT ComfyUI detects from a file: detection fixes the width (1152,
+    # 16 heads) and counts the blocks, so one block, ~37M parameters, bf16 on disk; its sin-cos position embedding
+    # is scaled by round(latent side / 64), so latents of at least 33 × 33 (40 × 40 here)
+    "pixart_sigma": Family(comfy.supported_models.PixArtSigma, dict(
+        image_model="pixart_sigma", num_heads=16, patch_size=2, hidden_size=1152, in_channels=4, depth=1,
+        model_max_length=120, micro_condition=False), True, (1, 4, 40, 40), 4096, dtype=torch.bfloat16),
 }
 
 

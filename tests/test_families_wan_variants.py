@@ -6,8 +6,10 @@ the tokens before the split); Wan 2.1 HuMo (``HumoWanModel``) with audio feature
 (its frame of tokens and RoPE rows appended before the blocks); Wan 2.2 S2V (``WanModel_S2V``) with
 WanSoundImageToVideo's inputs: audio features (injected per frame after block 0, over frames a rank's slice cuts
 mid-frame), a control video, a reference image and 19 frames of reference motion (frame-packed into extra tokens
-with their own RoPE rows and timesteps). Tests run mode by mode, so each group starts once; single-process results
-are computed once.
+with their own RoPE rows and timesteps); Wan 2.2 Animate (``AnimateWanModel``) with WanAnimateToVideo's inputs: the
+reference and background latents with their mask, pose latents (added to the patch embedding before the split) and
+a 512 × 512 face video (its face tokens attended per frame after block 0, over frames a rank's slice cuts
+mid-frame). Tests run mode by mode, so each group starts once; single-process results are computed once.
 """
 import math
 
@@ -21,15 +23,18 @@ from tandem.tests.test_wan_usp import SampleRequest, ksampler
 from tandem.workers import group as groups
 
 STEPS = 2
+FAMILY_STEPS = {"wan22_animate": 1}   # Animate's face encoder costs seconds per frame on a CPU: one step
 MODES = {   # in the suite the previous file leaves Ulysses 2 running: it goes first
     "ulysses2": GroupConfig(gpu_count=2, ulysses_degree=2, timeout_s=60),
     "ring2": GroupConfig(gpu_count=2, ulysses_degree=1, ring_degree=2, timeout_s=60),
     "ulysses2+fsdp": GroupConfig(gpu_count=2, ulysses_degree=2, fsdp=True, timeout_s=60),
 }
 # latent frames × H × W (tokens: 2 × 2 patches): Camera 3 × 15 = 45; HuMo 2 × 15 video + 15 reference = 45; S2V
-# 3 × 25 video + 25 reference + 33 motion (25 + 4 + 4: its packer's last frame, 2 frames at 1/2 and 16 at 1/4) = 133
-LATENTS = {"wan22_camera": (3, 6, 10), "wan21_humo": (2, 6, 10), "wan22_s2v": (3, 10, 10)}
-TOKENS = {"wan22_camera": 45, "wan21_humo": 45, "wan22_s2v": 133}
+# 3 × 25 video + 25 reference + 33 motion (25 + 4 + 4: its packer's last frame, 2 frames at 1/2 and 16 at 1/4) = 133;
+# Animate (1 reference + 2 video frames) × 15 = 45
+LATENTS = {"wan22_camera": (3, 6, 10), "wan21_humo": (2, 6, 10), "wan22_s2v": (3, 10, 10),
+           "wan22_animate": (3, 6, 10)}
+TOKENS = {"wan22_camera": 45, "wan21_humo": 45, "wan22_s2v": 133, "wan22_animate": 45}
 CASES = [(mode, family) for mode in MODES for family in LATENTS]
 
 
@@ -57,10 +62,20 @@ def request(family: str, extra: bool = True) -> SampleRequest:
                   "control_video": torch.randn(1, 16, frames, height, width, generator=g)}
         positive = {"audio_embed": audio, **shared}
         negative = {"audio_embed": audio * 0.0, **shared}
+    if extra and family == "wan22_animate":   # as WanAnimateToVideo for 5 video frames: latents of the reference
+        mask = torch.ones(1, 4, frames, height, width)     # frame and the 2 video frames, mask 0 on the reference
+        mask[:, :, 0] = 0.0
+        # one face frame (its motion encoder costs seconds per 512 × 512 frame on a CPU): face tokens for the first
+        # video frame, which the split cuts mid-frame; ComfyUI pads the other frames' with zeros
+        face = torch.rand(1, 3, 1, 512, 512, generator=g) * 2 - 1
+        shared = {"concat_latent_image": torch.randn(1, 16, frames, height, width, generator=g), "concat_mask": mask,
+                  "pose_video_latent": torch.randn(1, 16, frames - 1, height, width, generator=g)}
+        positive = {"face_video_pixels": face, **shared}
+        negative = {"face_video_pixels": face * 0.0 - 1.0, **shared}
     conds = [[[torch.randn(1, tokens, 4096, generator=g), values]]
              for tokens, values in ((12, positive), (7, negative))]
-    return SampleRequest(add_noise=True, noise_seed=42, steps=STEPS, cfg=5.0, sampler_name="euler",
-                         scheduler="simple", positive=conds[0], negative=conds[1],
+    return SampleRequest(add_noise=True, noise_seed=42, steps=FAMILY_STEPS.get(family, STEPS), cfg=5.0,
+                         sampler_name="euler", scheduler="simple", positive=conds[0], negative=conds[1],
                          latent={"samples": torch.zeros(1, 16, frames, height, width)}, start_at_step=0,
                          end_at_step=10000, return_with_leftover_noise=False)
 
@@ -90,7 +105,7 @@ def test_wan_variants_equal_single_process(_tandem_session, checkpoint, mode, fa
     assert [rank_stats["rank"] for rank_stats in stats] == [0, 1]
     for rank_stats in stats:                     # each rank's blocks held its share of the tokens, never all
         assert rank_stats["block_tokens"] == [math.ceil(TOKENS[family] / 2)]
-        assert rank_stats["attention_calls"] >= 2 * STEPS * 2     # 2 blocks; positive and negative apart
+        assert rank_stats["attention_calls"] >= 2 * FAMILY_STEPS.get(family, STEPS) * 2   # ≥ 2 blocks, 2 branches
     if MODES[mode].fsdp:
         assert_fsdp_sharded(family, infos)
 

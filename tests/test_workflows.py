@@ -212,8 +212,8 @@ def linked(family: str):
 BAD_MODELS = {   # how to make the file, and what the one-line message must say (the last part names the fix)
     "file-gone": (dangling_link, ["'gone.safetensors' is not in ComfyUI's diffusion_models folders",
                                   "put it there or pick another file"]),
-    "wan-animate": (linked("wan22_animate"), [
-        "Tandem's sequence parallelism does not support AnimateWanModel models yet "
+    "pixart": (linked("pixart_sigma"), [
+        "Tandem's sequence parallelism does not support PixArtMS models yet "
         "(supported: Wan, Flux, Qwen-Image, HunyuanVideo",   # then the adapters added since
         "set Ulysses degree and Ring degree to 1 for this model"]),
     "3-heads": (linked("wan21_t2v_3heads"), [
