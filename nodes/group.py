@@ -10,8 +10,9 @@ class TandemInit:
     def INPUT_TYPES(cls):
         return {"required": {
             "ray_address": ("STRING", {"default": "local", "tooltip":
-                "'local' starts a private Ray head on this machine (dashboard off); or the address of an "
-                "existing Ray cluster, e.g. 10.0.0.5:6379"}),
+                "'local' starts a private Ray head on this machine (dashboard off). For several machines, join this "
+                "one to a Ray cluster (ray start) and give its head's address, e.g. 10.0.0.5:6379, or 'auto' for the "
+                "cluster this machine joined. Ray Client (ray://) is refused."}),
             "gpu_count": ("INT", {"default": 2, "min": 1, "max": 256, "tooltip":
                 "Workers to start, one per GPU. GPUs beyond CFG × Ulysses × Ring form data-parallel replicas that "
                 "split the latent batch. Without GPUs, CPU workers on gloo (slow, for trying it out)."}),

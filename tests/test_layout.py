@@ -4,6 +4,7 @@ import itertools
 import pytest
 
 from tandem.parallel.degrees import GroupConfig
+from tandem.tests import fault_table
 from tandem.parallel.layout import Coordinates, coordinates, rank_lists, rank_of
 
 CONFIGS = [GroupConfig(gpu_count=n, ulysses_degree=u, ring_degree=r, cfg_degree=c)
@@ -62,3 +63,4 @@ def test_a_ulysses_group_never_spans_hosts(hosts, ulysses, ok):
     message = str(refused.value)
     print(message)
     assert "\n" not in message and f"multiple of {ulysses} GPUs" in message and "lower the Ulysses degree" in message
+    fault_table.check("would split over two hosts", message)

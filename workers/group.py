@@ -89,7 +89,7 @@ def _check_reachable(address: str, timeout_s: float) -> None:
     such an address for ever, and ComfyUI's queue would wait behind it."""
     if address == "auto":
         return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host, _, port = address.rpartition(":")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
             pass
@@ -375,6 +375,11 @@ def check(config: GroupConfig) -> None:
     GPUs (every worker a CPU process of its own) more workers than this host can hold (four per core, one per GB
     of free memory)."""
     validate(config)
+    if config.ray_address.startswith("ray://"):
+        raise TandemConfigError(f"Ray Client addresses ({config.ray_address}) are not supported: Tandem's driver must "
+                                "run on a node of the cluster (rank 0 and the job's shared files live on ComfyUI's "
+                                "node; Ray Client would proxy every job and step through the head): run `ray start "
+                                "--address <head>:6379` on this machine and give Tandem Init that address, or 'auto'")
     if config.ray_address != "local" or torch.cuda.is_available():
         return
     cores, free_gb = os.cpu_count() or 1, psutil.virtual_memory().available / 2**30
