@@ -21,7 +21,7 @@ from ..parallel.sequence import SequenceShard
 from ..parallel.ulysses import AttentionFn
 
 ADAPTERS = ("wan", "flux", "qwen_image", "hunyuan_video", "chroma", "chroma_radiance", "lumina", "sd3", "ltxv",
-            "wan_variants", "hidream", "omnigen2")     # modules of this package
+            "wan_variants", "hidream", "omnigen2", "cosmos")     # modules of this package
 
 # Models without attention over one token sequence: what Tandem offers them instead, said when Ulysses is asked for.
 NO_SEQUENCE = {

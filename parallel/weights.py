@@ -7,6 +7,7 @@ the mmap view itself), with FSDP each rank reads only its own dim-0 shard, and f
 and broadcast to the host's other GPUs (``Fanout``), so N GPUs cost one read of the file, split N ways.
 """
 from collections.abc import Callable
+from contextlib import contextmanager
 from functools import partial
 
 import comfy.model_base
@@ -123,11 +124,11 @@ def _fill_full(source: torch.Tensor, dtype: torch.dtype, device: torch.device, s
 
 @torch.no_grad()
 def materialize(module: torch.nn.Module, sd: dict, device: torch.device, ranges: FileRanges | None = None,
-                fanout: Fanout | None = None, threads: int = 2, decode: dict[str, Callable] | None = None
-                ) -> tuple[list[str], int]:
-    """Replace every meta parameter/buffer of ``module`` by the file's tensor on ``device``; return what stayed
-    unfilled (keys the file lacks, and buffers a model computes at construction, which ``meta`` cannot keep) and the
-    bytes of this rank's own FSDP shards it read.
+                fanout: Fanout | None = None, threads: int = 2, decode: dict[str, Callable] | None = None,
+                computed: dict[str, torch.Tensor] | None = None) -> tuple[list[str], int]:
+    """Replace every meta parameter/buffer of ``module`` by the file's tensor on ``device``, and the buffers the model
+    computes at construction by ``computed`` (``computed_buffers``); return what stayed unfilled (keys the file
+    lacks) and the bytes of this rank's own FSDP shards it read.
     ``decode`` maps keys whose file tensor is encoded (GGUF blocks outside a quantized layer) to their decoder.
 
     FSDP-sharded parameters (DTensors, already allocated by ``to_empty``) get only this rank's shard. On a CPU
@@ -157,21 +158,50 @@ def materialize(module: torch.nn.Module, sd: dict, device: torch.device, ranges:
             stager.finish()
     for work in fanout.works if fanout else ():
         work.wait()
+    for name, value in (computed or {}).items():
+        owner_name, _, attr = name.rpartition(".")
+        assign(module.get_submodule(owner_name), attr, value.to(device))
     unfilled = [n for n, t in (*module.named_parameters(), *module.named_buffers()) if t.is_meta]   # non-persistent
     return missing + [n for n in unfilled if n not in missing], shard_bytes
 
 
-def refuse_computed_buffers(module: torch.nn.Module, sd: dict) -> None:
-    """A buffer a model computes when it is built (Cosmos Predict2's RoPE ranges) and does not save is lost on
-    ``meta``; under FSDP ``to_empty`` would leave it uninitialised and the result silently wrong, so such a model is
-    refused in one line before anything is allocated."""
+@contextmanager
+def _parameters_on_meta():
+    """While a model is built: each parameter goes to ``meta`` as it is registered; buffers stay where built."""
+    register = torch.nn.Module.register_parameter
+
+    def on_meta(module, name, param):
+        if param is not None and not param.is_meta:
+            param = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    torch.nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register
+
+
+def computed_buffers(model: comfy.model_base.BaseModel, sd: dict) -> dict[str, torch.Tensor]:
+    """The buffers ComfyUI's diffusion model computes when it is built and does not save (Cosmos Predict 2's RoPE
+    ranges), which ``meta`` loses (and FSDP's ``to_empty`` would leave uninitialised), computed again for
+    ``materialize``: ComfyUI's model is built a second time on the CPU with each parameter sent to ``meta`` as it is
+    registered, so ComfyUI's own construction computes them and no weight is kept. Models without such buffers are not
+    built again. One that a second build does not give (a buffer made after construction) is refused in one line."""
+    module = model.diffusion_model
     persistent = set(module.state_dict(keep_vars=True))
-    computed = [name for name, buffer in module.named_buffers()
-                if buffer.is_meta and name not in persistent and name not in sd]
-    if computed:
-        raise TandemConfigError(f"{type(module).__name__} computes {len(computed)} buffers when it is built (e.g. "
-                                f"{computed[0]}), which Tandem's loading cannot fill yet: load this model with "
+    lost = [name for name, buffer in module.named_buffers()
+            if buffer.is_meta and name not in persistent and name not in sd]
+    if not lost:
+        return {}
+    with _parameters_on_meta():
+        rebuilt = dict(model.model_config.get_model(sd, "", device="cpu").diffusion_model.named_buffers())
+    unbuilt = [name for name in lost if name not in rebuilt or rebuilt[name].is_meta]
+    if unbuilt:
+        raise TandemConfigError(f"{type(module).__name__} computes {len(unbuilt)} buffers outside its construction "
+                                f"(e.g. {unbuilt[0]}), which Tandem's loading cannot fill: load this model with "
                                 "ComfyUI's Load Diffusion Model")
+    return {name: rebuilt[name] for name in lost}
 
 
 def assign(owner: torch.nn.Module, attr: str, value: torch.Tensor) -> None:

@@ -198,6 +198,18 @@ FAMILIES: dict[str, Family] = {
     "wan22_animate": Family(comfy.supported_models.WAN22_Animate,
                             {**_WAN, "model_type": "animate", "in_dim": 36, "num_layers": 5},
                             True, (1, 16, 1, 8, 8), 4096, dtype=torch.bfloat16),
+    # Cosmos Predict 2 text-to-image (MiniTrainDIT): width 128, 2 heads, 2 blocks, otherwise what ComfyUI's detection
+    # gives (AdaLN-LoRA 256, RoPE extrapolation 4 on H and W); its RoPE ranges are buffers computed when it is built.
+    # Detection fixes heads and blocks only at the real widths (2048: 16 heads, 28 blocks)
+    "cosmos_predict2": Family(comfy.supported_models.CosmosT2IPredict2, dict(
+        image_model="cosmos_predict2", max_img_h=240, max_img_w=240, max_frames=128, in_channels=16, out_channels=16,
+        patch_spatial=2, patch_temporal=1, model_channels=128, concat_padding_mask=True, crossattn_emb_channels=1024,
+        pos_emb_cls="rope3d", pos_emb_learnable=True, pos_emb_interpolation="crop", min_fps=1, max_fps=30,
+        use_adaln_lora=True, adaln_lora_dim=256, num_blocks=2, num_heads=2, extra_per_block_abs_pos_emb=False,
+        rope_h_extrapolation_ratio=4.0, rope_w_extrapolation_ratio=4.0, rope_t_extrapolation_ratio=1.0,
+        extra_h_extrapolation_ratio=1.0, extra_w_extrapolation_ratio=1.0, extra_t_extrapolation_ratio=1.0,
+        rope_enable_fps_modulation=False), False, (1, 16, 1, 8, 8), 1024,
+        detect_overrides={"model_channels": 2048, "num_heads": 16}),
     # a model Tandem's sequence parallelism does not cover, small and detected: the "unsupported" error case.
     # PixArt Sigma (PixArtMS), the smallest such DiT ComfyUI detects from a file: detection fixes the width (1152,
     # 16 heads) and counts the blocks, so one block, ~37M parameters, bf16 on disk; its sin-cos position embedding

@@ -16,7 +16,8 @@ CLASS_NAMES = {"wan21_t2v": "WAN21_T2V", "wan21_t2v_3heads": "WAN21_T2V", "wan21
                "qwen_image_min": "QwenImage", "ltxv": "LTXV", "lumina2": "Lumina2", "z_image": "ZImage",
                "sd35": "SD3", "wan22_camera": "WAN22_Camera",
                "wan21_humo": "WAN21_HuMo", "wan22_s2v": "WAN22_S2V",
-               "wan22_animate": "WAN22_Animate", "pixart_sigma": "PixArtSigma", "hidream": "HiDream", "omnigen2": "Omnigen2"}
+               "wan22_animate": "WAN22_Animate", "pixart_sigma": "PixArtSigma", "cosmos_predict2": "CosmosT2IPredict2",
+               "hidream": "HiDream", "omnigen2": "Omnigen2"}
 
 
 @pytest.mark.parametrize("family", CLASS_NAMES)

@@ -135,13 +135,13 @@ class Worker:
             validate_heads(self.config.ulysses_degree, adapter.num_heads(diffusion_model))
             shard = SequenceShard(grid.sequence, ulysses_group=grid.ulysses, ring_group=grid.ring)
             adapter.install_sequence_parallel(diffusion_model, shard, self.attend)
-        weights.refuse_computed_buffers(diffusion_model, opened.sd)
+        computed = weights.computed_buffers(model, opened.sd)     # while on meta: FSDP's to_empty hides the lost ones
         if self.config.fsdp:
             fsdp.shard(diffusion_model, fsdp_blocks(diffusion_model), grid.mesh, self.config.fsdp_cpu_offload)
             diffusion_model.to_empty(device="cpu" if self.config.fsdp_cpu_offload else self.device)
         local_ranks = dist.get_world_size(self.layout.host)
         missing, shard_bytes = weights.materialize(diffusion_model, opened.sd, self.device, opened.ranges, fanout,
-                                      reader_threads(local_ranks), opened.decode)
+                                      reader_threads(local_ranks), opened.decode, computed)
         if missing:
             raise TandemConfigError(f"{os.path.basename(path)} lacks {len(missing)} weights that ComfyUI's "
                                     f"{type(model.model_config).__name__} needs (e.g. {missing[0]}): "
