@@ -49,7 +49,7 @@ class ComfyServer:
     """One ComfyUI process: start it, talk to its HTTP API, read its log, stop it."""
 
     def __init__(self, comfyui_path: Path, repo_root: Path, base_dir: Path, python: str = sys.executable,
-                 extra_nodes: Iterable[Path] = (), cpu: bool = True) -> None:
+                 extra_nodes: Iterable[Path] = (), cpu: bool = True, env: dict[str, str] | None = None) -> None:
         self.base_dir = Path(base_dir)
         self.custom_nodes_dir = self.base_dir / "custom_nodes"
         self.diffusion_models_dir = self.base_dir / "models" / "diffusion_models"
@@ -64,16 +64,17 @@ class ComfyServer:
             (self.custom_nodes_dir / Path(package).name).symlink_to(Path(package).resolve(), target_is_directory=True)
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.command = [python, "main.py", *(["--cpu"] if cpu else []), "--listen", "127.0.0.1", "--port", str(self.port),
-                        "--base-directory", str(self.base_dir), "--disable-auto-launch",
+        self.command = [python, "main.py", *(["--cpu"] if cpu else []), "--listen", "127.0.0.1",
+                        "--port", str(self.port), "--base-directory", str(self.base_dir), "--disable-auto-launch",
                         "--database-url", "sqlite:///:memory:", "--preview-method", "latent2rgb"]
         self.comfyui_path = Path(comfyui_path)
+        self.env = env or {}
         self.process: subprocess.Popen | None = None
         self.startup_s: float | None = None
 
     def start(self, timeout: float = STARTUP_TIMEOUT_S) -> None:
         """Launch ComfyUI and block until ``/object_info`` answers (it does only after custom nodes loaded)."""
-        env = {**os.environ, "COMFYUI_PATH": str(self.comfyui_path), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "COMFYUI_PATH": str(self.comfyui_path), "PYTHONUNBUFFERED": "1", **self.env}
         started = time.monotonic()
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(self.command, cwd=self.comfyui_path, env=env, stdout=log,
@@ -185,10 +186,10 @@ class ComfyServer:
         return errors[0]
 
 
-def tandem_server(base_dir: Path) -> ComfyServer:
+def tandem_server(base_dir: Path, env: dict[str, str] | None = None) -> ComfyServer:
     """A started ComfyUI server with this checkout as a custom node, and ``tests/comfy_nodes/tandem_test_nodes``
-    beside it (a stand-in text encoder for CI)."""
-    server = ComfyServer(Path(os.environ["COMFYUI_PATH"]), REPO_ROOT, base_dir, extra_nodes=[TEST_NODES])
+    beside it (a stand-in text encoder for CI); ``env``: variables set for it."""
+    server = ComfyServer(Path(os.environ["COMFYUI_PATH"]), REPO_ROOT, base_dir, extra_nodes=[TEST_NODES], env=env)
     server.start()
     print(f"ComfyUI answered after {server.startup_s:.1f} s at {server.url}, log: {server.log_path}")
     return server

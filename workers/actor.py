@@ -38,9 +38,11 @@ class Resident:
 class Worker:
     """Stateful: joins the group once, then loads models and samples on request from the nodes."""
 
-    def __init__(self, rank: int, config: dict):
-        self.rank = rank
-        self.config = GroupConfig(**config)
+    def __init__(self):
+        """Its rank and the group's settings come with ``join``: a worker can be started (its process up, torch and
+        ComfyUI imported) before any Tandem Init says what it will be (``workers.group.warm``)."""
+        self.rank = 0
+        self.config: GroupConfig | None = None
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         self.models: dict[tuple, Resident] = {}
         self.vaes: dict[str, object] = {}      # the VAE last used by Tandem VAE Decode / Encode, by the host's key
@@ -55,9 +57,14 @@ class Worker:
     def address(self) -> tuple[str, int]:
         return ray.util.get_node_ip_address(), process_group.free_port()
 
-    def join(self, host: str, port: int, hosts: list[str]) -> dict:
-        """Join the process group, pass the self-test, build the layout's sub-groups (``hosts``: every rank's host,
-        as the group start placed them)."""
+    def join(self, rank: int, config: dict, host: str, port: int, hosts: list[str]) -> dict:
+        """Become ``rank`` of the group ``config`` describes: join the process group, pass the self-test, build the
+        layout's sub-groups (``hosts``: every rank's host, as the group start placed them)."""
+        self.rank, self.config = rank, GroupConfig(**config)
+        # Loading copies weights with CPU threads (Ray gives an actor one): the cores of this host, shared by its ranks.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // hosts.count(hosts[rank])))
+        if host == "127.0.0.1" and self.device.type == "cpu":
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")    # one machine: keep gloo's traffic on loopback
         process_group.join(host, port, self.rank, self.config.world_size, self.device, self.config.timeout_s)
         process_group.self_test(self.device, self.config.timeout_s)
         self.layout = layout.build(self.config, self.rank, hosts, self.device.type)

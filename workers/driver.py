@@ -209,22 +209,25 @@ def fingerprint(config: GroupConfig) -> str:
 
 
 def prestart() -> None:
-    """When ComfyUI loads Tandem on a machine with GPUs: start the driver process and its private Ray head in the
-    background, so the first Tandem Init finds them running (they cost ~6 and ~4 s, see BENCHMARKS.md's start-up
-    section). ``TANDEM_PRESTART=0`` turns this off, ``1`` turns it on without GPUs too. A Tandem Init with a cluster
-    address replaces the private head; a head that failed to start is started again by Tandem Init."""
+    """When ComfyUI loads Tandem on a machine with GPUs: start the driver process, its private Ray head and one worker
+    per GPU in the background, so that the first Tandem Init finds them running (they cost ~12, ~6 and ~13 s on an
+    H200 machine, see BENCHMARKS.md's start-up section). Until a group takes them, each started worker holds its GPU's
+    CUDA context (~0.5 GB). ``TANDEM_PRESTART=0`` turns this off; a number N starts N workers (CPU workers on a
+    machine without GPUs). A Tandem Init with a cluster address or other workers replaces what was started."""
     setting = os.environ.get("TANDEM_PRESTART", "auto")
-    if setting == "0" or (setting != "1" and not torch.cuda.is_available()):
+    if setting == "0" or (not setting.isdigit() and not torch.cuda.is_available()):
         return
     driver = _driver_for("local")
-    threading.Thread(target=_warm, args=(driver,), name="tandem-prestart", daemon=True).start()
+    threading.Thread(target=_warm, args=(driver, int(setting) if setting.isdigit() else None),
+                     name="tandem-prestart", daemon=True).start()
 
 
-def _warm(driver: Driver) -> None:
+def _warm(driver: Driver, workers: int | None) -> None:
     try:
-        driver.request("warm")
+        driver.request("warm", workers)
     except TandemError as e:
-        log.warning("Tandem: could not start its Ray head in the background (%s); Tandem Init will try again", e)
+        log.warning("Tandem: could not start its Ray head and workers in the background (%s); Tandem Init will try "
+                    "again", e)
 
 
 def shutdown() -> None:

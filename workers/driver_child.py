@@ -56,8 +56,8 @@ class _Calls:
             self.current, self.key, phases = group, self.key + 1, group.phases
         return self.key, group.workers, group.on_this_host, phases
 
-    def warm(self) -> None:
-        self.groups.warm()
+    def warm(self, workers: int | None) -> None:
+        self.groups.warm(workers)
 
     def fingerprint(self, config) -> str:
         return self.groups.fingerprint(config)

@@ -11,6 +11,7 @@ import shutil
 import socket
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -162,6 +163,59 @@ def host_name(node_id: str) -> str:
     return f"{ips.get(node_id, '?')} (node {node_id[:6]})"
 
 
+def _reserve(count: int, on_gpu: bool, timeout_s: float):
+    """A placement group of ``count`` GPUs (or CPU slots), reserved within ``timeout_s``."""
+    bundle = {"CPU": 1, "GPU": 1} if on_gpu else {"CPU": 1}
+    pg = placement_group([bundle] * count, strategy="PACK")
+    try:
+        ray.get(pg.ready(), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(pg)
+        raise TandemError(f"Ray could not reserve {count} {'GPUs' if on_gpu else 'CPUs'} within {timeout_s} s: "
+                          "free them (another job holds them?) or lower GPU count") from None
+    return pg
+
+
+def _spawn(pg, bundle: int, on_gpu: bool):
+    """A worker process on one bundle. It takes the job's runtime environment (Tandem's package, the forwarded
+    variables) and no environment of its own, which would make Ray start it through its runtime-env agent
+    (measured ~2.5 s more per start on an H200 machine); its threads are set when it joins."""
+    return ray.remote(Worker).options(
+        num_cpus=1, num_gpus=1 if on_gpu else 0, max_concurrency=4,
+        scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle)).remote()
+
+
+def _release(actors: list, pg=None) -> None:
+    for actor in actors:
+        ray.kill(actor)
+    if pg is not None:
+        remove_placement_group(pg)
+
+
+@dataclass
+class _Pool:
+    """Workers started before any Tandem Init asked for them (``warm``): the first group on the private head takes
+    them instead of waiting for its workers to start and import torch and ComfyUI (~13 s on an H200 machine)."""
+    pg: object
+    actors: list
+    on_gpu: bool
+
+
+_pool: _Pool | None = None
+
+
+def _take_pool(config: GroupConfig, on_gpu: bool) -> _Pool | None:
+    """The started workers if this group can use them (the private head, enough of them, the same kind); else they
+    are stopped, freeing their GPUs for the group."""
+    global _pool
+    pool, _pool = _pool, None
+    if pool and config.ray_address == "local" and pool.on_gpu == on_gpu and len(pool.actors) >= config.gpu_count:
+        return pool
+    if pool:
+        _release(pool.actors, pool.pg)
+    return None
+
+
 class Group:
     """N actors on one placement group, numbered host by host (``layout.host_order``), in one torch.distributed
     group."""
@@ -179,15 +233,9 @@ class Group:
         on_gpu = self.unit == "GPUs"
         if not on_gpu:
             log.warning("Tandem: Ray sees no GPU; starting %d CPU workers on gloo", config.gpu_count)
-        bundle = {"CPU": 1, "GPU": 1} if on_gpu else {"CPU": 1}
         mark = time.monotonic()
-        self.pg = placement_group([bundle] * config.gpu_count, strategy="PACK")
-        try:
-            ray.get(self.pg.ready(), timeout=config.timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            remove_placement_group(self.pg)
-            raise TandemError(f"Ray could not reserve {config.gpu_count} {self.unit} within {config.timeout_s} s: "
-                              "free them (another job holds them?) or lower GPU count") from None
+        pool = _take_pool(config, on_gpu)
+        self.pg = pool.pg if pool else _reserve(config.gpu_count, on_gpu, config.timeout_s)
         self.phases["reserve"] = time.monotonic() - mark
         # Ranks go host by host, so that each Ulysses group (consecutive ranks) stays on one host; a placement that
         # cannot do that is refused before any actor starts.
@@ -199,28 +247,21 @@ class Group:
         try:
             layout.check_hosts(config, self.hosts)
         except TandemConfigError:
-            remove_placement_group(self.pg)
+            _release(pool.actors if pool else [], self.pg)
             raise
-        # Ray gives each actor one thread by default; loading copies weights with CPU threads.
-        threads = str(max(1, int(ray.cluster_resources().get("CPU", 1)) // config.gpu_count))
-        env = {"OMP_NUM_THREADS": threads}
-        if config.ray_address == "local" and not on_gpu:
-            env["GLOO_SOCKET_IFNAME"] = "lo"    # a private head is one machine: keep gloo's traffic on loopback
-        runtime_env = {"env_vars": env}
-        remote = ray.remote(Worker)
-        self.actors = [
-            remote.options(num_cpus=1, num_gpus=1 if on_gpu else 0, max_concurrency=4, runtime_env=runtime_env,
-                           scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=b)
-                           ).remote(rank, config.as_dict())
-            for rank, b in enumerate(bundles)]
+        self.actors = [pool.actors[b] if pool else _spawn(self.pg, b, on_gpu) for b in bundles]
+        if pool:
+            _release(pool.actors[config.gpu_count:])     # the started workers this group does not need
         try:
             mark = time.monotonic()
             host, port = self.get([self.actors[0].address.remote()], watch=False)[0]
             self.get([a.ping.remote() for a in self.actors], watch=False)
-            self.phases["worker processes"] = time.monotonic() - mark
+            started = "worker processes (started with ComfyUI)" if pool else "worker processes"
+            self.phases[started] = time.monotonic() - mark
             mark = time.monotonic()
             host = "127.0.0.1" if config.ray_address == "local" else host   # one machine: rendezvous on loopback
-            self.workers = self.get([a.join.remote(host, port, self.hosts) for a in self.actors], watch=False)
+            self.workers = self.get([a.join.remote(rank, config.as_dict(), host, port, self.hosts)
+                                     for rank, a in enumerate(self.actors)], watch=False)
             self.phases["process group"] = time.monotonic() - mark
         except Exception:
             self.stop()
@@ -349,9 +390,7 @@ class Group:
 
     def stop(self) -> None:
         self.stopped = True
-        for actor in self.actors if hasattr(self, "actors") else []:
-            ray.kill(actor)
-        remove_placement_group(self.pg)
+        _release(getattr(self, "actors", []), self.pg)
 
     def lose(self) -> None:
         """Stop this group and make the next IS_CHANGED differ, so ComfyUI re-runs Tandem Init."""
@@ -390,9 +429,15 @@ def check(config: GroupConfig) -> None:
                                 f"free): set GPU count to {limit} or fewer")
 
 
-def warm() -> None:
-    """Start the private Ray head before any Tandem Init asks for it (``workers.driver.prestart``)."""
-    _connect("local", 1, CONNECT_TIMEOUT_S)
+def warm(workers: int | None = None) -> None:
+    """Start the private Ray head and ``workers`` worker processes (None: one per GPU) before any Tandem Init asks
+    for them (``workers.driver.prestart``). The workers import in the background; the first group takes them."""
+    global _pool
+    on_gpu = _connect("local", workers or 1, CONNECT_TIMEOUT_S) == "GPUs"
+    count = int(ray.cluster_resources().get("GPU", 0)) if workers is None and on_gpu else workers or 0
+    if count and _pool is None and _current is None:
+        pg = _reserve(count, on_gpu, CONNECT_TIMEOUT_S)
+        _pool = _Pool(pg, [_spawn(pg, bundle, on_gpu) for bundle in range(count)], on_gpu)
 
 
 def start(config: GroupConfig) -> Group:
@@ -410,10 +455,10 @@ def start(config: GroupConfig) -> Group:
 
 def shutdown_ray() -> None:
     """Disconnect from Ray (stopping the head if Tandem started it); never touch a Ray someone else started."""
-    global _ray_address
+    global _ray_address, _pool
     if _ray_address is not None and ray.is_initialized():
         ray.shutdown()
-    _ray_address = None
+    _ray_address, _pool = None, None
 
 
 def shutdown() -> None:
