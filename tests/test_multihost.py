@@ -20,7 +20,7 @@ import torch
 from tandem.parallel.degrees import GroupConfig, TandemConfigError
 from tandem.tests import fault_table
 from tandem.tests.checkpoints import build_model
-from tandem.tests.test_wan_usp import relative, request, single_process, tandem_sample
+from tandem.tests.test_wan_usp import ksampler, relative, request, single_process, tandem_sample
 from tandem.workers import group as groups
 
 SHAPE = (3, 6, 10)      # 45 tokens: odd, so the sequence split pads
@@ -96,9 +96,14 @@ def test_ulysses2_ring2_over_two_hosts(cluster, checkpoint, caplog):
     assert all(i["read_bytes"] > 0 for i in infos)
 
 
-def test_hsdp_over_two_hosts(cluster, checkpoint):
+def test_hsdp_over_two_hosts(cluster, checkpoint, tmp_path):
     """FSDP on 2 + 2 workers is HSDP: each rank holds half the weights (sharded over its host's 2 ranks, replicated
-    across the hosts), each host reads the file once, and the sample equals single-process ComfyUI."""
+    across the hosts), each host reads the file once, and the sample equals single-process ComfyUI, also with a
+    LoRA (its factors reach the workers through Ray's object store, as every large tensor of a job does when some
+    workers are on another host, and each rank patches its own shards)."""
+    from tandem.nodes.loader import load as load_model
+    from tandem.tests.test_lora import comfyui_sample, make_lora, with_loras
+
     address, _ = cluster
     path = str(checkpoint("wan21_t2v"))
     req = request("wan21_t2v", SHAPE, "dpmpp_2m")
@@ -117,6 +122,14 @@ def test_hsdp_over_two_hosts(cluster, checkpoint):
     for info in infos:
         assert 0.45 * total <= info["local_params"] <= 0.55 * total
     assert list(per_host.values()) == [tensor_bytes("wan21_t2v")] * 2
+
+    assert not group.on_this_host                     # so the job's large tensors go through Ray's object store
+    lora = ((str(make_lora("wan21_t2v", tmp_path / "lora.safetensors", 1, rank=64)), 0.8),)   # factors ≥ 64 KiB
+    plain, expected = expected, comfyui_sample(path, "wan21_t2v", lora, req)
+    assert relative(expected, plain) > 0.05           # the LoRA changes the result
+    error = relative(ksampler(with_loras(load_model(group, path, fanout="striped"), lora), req), expected)
+    print(f"HSDP 2 × 2 with a LoRA: relative error {error:.2e}")
+    assert error < 1e-4
 
 
 def test_a_file_missing_on_one_host_is_one_line(cluster, checkpoint):

@@ -82,3 +82,27 @@ def test_full_shared_memory_falls_back_to_the_next_folder(monkeypatch, tmp_path)
     weight = torch.randn(MiB)
     assert torch.equal(transport.unpack(transport.pack(weight)), weight)
     assert not list(full.iterdir()) and len(list(spare.iterdir())) == 1
+
+
+def test_without_files_the_storages_go_beside_the_pickle():
+    """For workers on other hosts: no file, each large storage once (as a numpy array Ray's object store carries out
+    of band, once per host), views and dtypes kept; read-only arrays, as Ray hands them out, unpack quietly."""
+    import pickle
+    import warnings
+
+    weight = torch.randn(MiB // 4)
+    fp8 = torch.randn(MiB).to(torch.float8_e4m3fn)
+    obj = {"weight": weight, "view": weight.view(512, 512)[3:7, 2:].t(), "fp8": fp8, "small": torch.randn(10)}
+    stored = transport.pack(obj, files=False)
+    assert isinstance(stored, transport.Stored) and not shared_files()
+    assert len(stored.data) < 10_000 and [b.nbytes for b in stored.buffers] == [MiB, MiB]
+    stored = pickle.loads(pickle.dumps(stored))          # as the driver's pipe carries it
+    for array in stored.buffers:
+        array.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        back = transport.unpack(stored)
+    for name in obj:
+        assert back[name].dtype == obj[name].dtype and torch.equal(back[name].float(), obj[name].float()), name
+        assert back[name].stride() == obj[name].stride()
+    assert back["view"].untyped_storage().data_ptr() == back["weight"].untyped_storage().data_ptr()

@@ -10,8 +10,8 @@ When every worker runs on ComfyUI's host, the job is packed by ``transport``: th
 are written once into files in shared memory (reused while the ControlNet lives, as in consecutive prompts) and each
 worker maps them from the page cache, with no host copy of its own; only the small rest goes through Ray. ComfyUI's
 model management in the worker loads the ControlNet onto the worker's GPU for the job and frees it with the job.
-With workers on other hosts the job goes through Ray whole, large tensors included: pickled once into the object
-store, one copy per host there, and a private host-RAM copy per worker (each host would need its own shared files).
+With workers on other hosts the large tensors go beside the job's pickle into Ray's object store: one copy per host,
+which every worker there reads without a copy of its own (``transport.Stored``), sent again with every job.
 
 The devices in the object are those ComfyUI chose in its own process (its GPU, or the CPU for a CPU-only ComfyUI in
 front of a GPU cluster), so each worker points the ControlNet's model and its hint VAE at its own device. Dtypes stay

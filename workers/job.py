@@ -108,8 +108,8 @@ def _check_lora_shapes(patcher) -> None:
                                   "another size of this model; pick one made for this model")
 
 
-def pack(job: Job, reference, files: bool) -> bytes:
-    """The job as bytes for every worker (``transport``); one line naming the node whose patch cannot travel."""
+def pack(job: Job, reference, files: bool) -> bytes | transport.Stored:
+    """The job packed for every worker (``transport``); one line naming the node whose patch cannot travel."""
     try:
         return transport.pack(job, reference, files)
     except CannotTravel as e:

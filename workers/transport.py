@@ -11,8 +11,12 @@ A storage's file is written once and reused while that storage lives, so a Contr
 is written once; the file is removed when the storage is freed, on Tandem Shutdown (``clear``) and at exit. The
 cache assumes what ComfyUI does: a live tensor's values do not change in place between prompts.
 
-The files exist only on ComfyUI's host: ``workers.group.Group.sample`` writes them only when every worker runs there,
-and otherwise leaves every tensor in the pickle, which Ray carries whole.
+The files exist only on ComfyUI's host, so they are used only when every worker runs there (``Group.on_this_host``).
+Otherwise (``files=False``) the large storages go beside the pickle as numpy arrays (``Stored``): Ray's object store
+holds them once per host (it moves an object to a node once, into that node's shared memory), and every worker there
+reads them without a copy (Ray's zero-copy numpy deserialization); the tensors view that memory, read-only as Ray
+hands it out. So LoRA, ControlNet and VAE weights reach other hosts once per host too, per job (nothing is cached
+there between jobs), and no worker keeps a private copy.
 
 Objects that already exist in every worker (Tandem's stand-in model on ComfyUI's host, and every patcher cloned from
 it) are not pickled at all: ``pack``'s ``reference`` names them, and ``unpack``'s ``resolve`` gives each name the
@@ -26,8 +30,10 @@ import pickle
 import tempfile
 import threading
 import types
+import warnings
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from ray import cloudpickle
@@ -76,10 +82,20 @@ def _file_for(storage: torch.UntypedStorage) -> str:
         return _files[id(storage)][0]
 
 
+@dataclass
+class Stored:
+    """An object packed for workers on other hosts: the pickle, and its large storages as numpy arrays (uint8) that
+    Ray's object store carries out of band, once per host."""
+    data: bytes
+    buffers: list = field(default_factory=list)
+
+
 class _Pickler(cloudpickle.CloudPickler):
     def __init__(self, file, reference: Callable[[object], str | None], files: bool):
         super().__init__(file)
         self.reference, self.files = reference, files
+        self.buffers: list = []                 # without files: the large storages, in order
+        self.stored: dict[int, int] = {}        # id of a storage -> its index in ``buffers``
 
     def reducer_override(self, obj):
         """A class or function of a module ComfyUI loaded by path (``comfy_extras``: guiders, patch functions)
@@ -95,13 +111,17 @@ class _Pickler(cloudpickle.CloudPickler):
         name = self.reference(obj)
         if name is not None:
             return "tandem-ref", name
-        if not self.files:
-            return None
         typed = isinstance(obj, torch.storage.TypedStorage)
         storage = obj._untyped_storage if typed else obj
-        if isinstance(storage, torch.UntypedStorage) and storage.nbytes() >= THRESHOLD:
-            return "tandem-file", _file_for(storage), storage.nbytes(), obj.dtype if typed else torch.uint8
-        return None
+        if not isinstance(storage, torch.UntypedStorage) or storage.nbytes() < THRESHOLD:
+            return None
+        dtype = obj.dtype if typed else torch.uint8
+        if self.files:
+            return "tandem-file", _file_for(storage), storage.nbytes(), dtype
+        if id(storage) not in self.stored:
+            self.stored[id(storage)] = len(self.buffers)
+            self.buffers.append(torch.empty(0, dtype=torch.uint8, device=storage.device).set_(storage).cpu().numpy())
+        return "tandem-buffer", self.stored[id(storage)], storage.nbytes(), dtype
 
 
 def _import_attribute(module: str, qualname: str):
@@ -109,31 +129,39 @@ def _import_attribute(module: str, qualname: str):
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, file, resolve: Callable[[str], object]):
+    def __init__(self, file, resolve: Callable[[str], object], buffers: list):
         super().__init__(file)
-        self.resolve = resolve
+        self.resolve, self.buffers = resolve, buffers
         self.storages: dict[str, torch.UntypedStorage] = {}    # tensors that shared a storage share one here
 
     def persistent_load(self, pid):
         if pid[0] == "tandem-ref":
             return self.resolve(pid[1])
-        _, path, nbytes, dtype = pid
-        if path not in self.storages:
-            self.storages[path] = torch.UntypedStorage.from_file(path, shared=False, nbytes=nbytes)
-        return torch.storage.TypedStorage(wrap_storage=self.storages[path], dtype=dtype, _internal=True)
+        kind, where, nbytes, dtype = pid
+        if where not in self.storages and kind == "tandem-file":
+            self.storages[where] = torch.UntypedStorage.from_file(where, shared=False, nbytes=nbytes)
+        elif where not in self.storages:
+            with warnings.catch_warnings():      # Ray's arrays are read-only: nothing here writes into them
+                warnings.filterwarnings("ignore", message=".*not writable")
+                self.storages[where] = torch.frombuffer(self.buffers[where], dtype=torch.uint8).untyped_storage()
+        return torch.storage.TypedStorage(wrap_storage=self.storages[where], dtype=dtype, _internal=True)
 
 
-def pack(obj, reference: Callable[[object], str | None] = lambda obj: None, files: bool = True) -> bytes:
-    """``obj`` pickled; objects ``reference`` names are left for the worker to resolve, and with ``files`` storages of
-    ``THRESHOLD`` bytes or more are replaced by references to shared files."""
+def pack(obj, reference: Callable[[object], str | None] = lambda obj: None, files: bool = True) -> bytes | Stored:
+    """``obj`` pickled; objects ``reference`` names are left for the worker to resolve, and storages of ``THRESHOLD``
+    bytes or more are replaced by references to shared files (``files``: every worker is on this host) or go beside
+    the pickle for Ray's object store (``Stored``)."""
     buffer = io.BytesIO()
-    _Pickler(buffer, reference, files).dump(obj)
-    return buffer.getvalue()
+    pickler = _Pickler(buffer, reference, files)
+    pickler.dump(obj)
+    return buffer.getvalue() if files else Stored(buffer.getvalue(), pickler.buffers)
 
 
-def unpack(data: bytes, resolve: Callable[[str], object] | None = None):
-    """What ``pack`` pickled, its named objects given by ``resolve``, its large tensors viewing the shared files."""
-    return _Unpickler(io.BytesIO(data), resolve).load()
+def unpack(data: bytes | Stored, resolve: Callable[[str], object] | None = None):
+    """What ``pack`` pickled, its named objects given by ``resolve``, its large tensors viewing the shared files or
+    Ray's copy of the storages on this host."""
+    stored = data if isinstance(data, Stored) else Stored(data)
+    return _Unpickler(io.BytesIO(stored.data), resolve, stored.buffers).load()
 
 
 def hand_over(tensor: torch.Tensor) -> tuple[str, torch.Size, torch.dtype]:
