@@ -16,8 +16,16 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 TITLES = ["Tandem demo (CPU)", "Wan 2.1 T2V (Tandem)", "Wan 2.1 T2V Ulysses 4 GPUs 720p (Tandem)",
           "Wan 2.1 T2V CFG-parallel (Tandem)", "Wan 2.1 T2V FSDP low VRAM (Tandem)", "Wan 2.1 I2V (Tandem)",
-          "Wan 2.2 T2V two models (Tandem)", "Flux.1 dev (Tandem)", "Qwen-Image (Tandem)", "HunyuanVideo T2V (Tandem)"]
-SAMPLERS = {"KSampler", "KSamplerAdvanced", "SamplerCustomAdvanced"}
+          "Wan 2.2 T2V two models (Tandem)", "Flux.1 dev (Tandem)", "Qwen-Image (Tandem)", "HunyuanVideo T2V (Tandem)",
+          "Chroma1-HD CFG-parallel (Tandem)", "Z-Image Turbo (Tandem)", "SD3.5 Large CFG-parallel (Tandem)",
+          "LTXV T2V (Tandem)", "Cosmos Predict 2 Video2World (Tandem)", "HiDream-I1 Full FSDP (Tandem)",
+          "Omnigen 2 image edit Ring 2 (Tandem)", "Flux.2 dev FSDP (Tandem)", "HunyuanVideo 1.5 720p T2V 4 GPUs (Tandem)",
+          "Wan 2.2 Animate (Tandem)"]
+SAMPLERS = {"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced"}
+MODEL_STEPS = {"LoraLoaderModelOnly", "TandemLoraLoader"}   # between a loader and its ModelSampling node
+LATENT_STEPS = {"TrimVideoLatent"}     # between a sampler and Tandem VAE Decode (Wan Animate's reference frames)
+IMAGE_STEPS = {"ImageFromBatch"}       # between Tandem VAE Decode and the video (Wan Animate's reference frames)
+UPLOADS = ("image_upload", "video_upload", "audio_upload")
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEED_CONTROLS = {"fixed", "increment", "decrement", "randomize"}
 FRONTEND_ONLY = {"control_after_generate", "upload"}   # widgets the frontend adds and saves, never queued
@@ -31,9 +39,10 @@ def test_templates_bundled_and_in_the_readme():
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[path.stem for path in WORKFLOWS])
 def test_template_uses_drop_in_wiring(path: Path):
-    """Tandem Init → Tandem Model Loader → ComfyUI's ModelSampling node → ComfyUI's own sampler → Tandem VAE Decode →
-    a save node, as the one-GPU template would be after swapping Load Diffusion Model and VAE Decode: no
-    Tandem-only sampler."""
+    """Tandem Init → Tandem Model Loader → (LoRA →) ComfyUI's ModelSampling node → ComfyUI's own sampler → Tandem VAE
+    Decode → a save node, as ComfyUI's one-GPU template would be after swapping Load Diffusion Model and VAE Decode: no
+    Tandem-only sampler. Where ComfyUI's template has no ModelSampling node (SD3.5, LTXV, Cosmos Predict 2, Omnigen 2,
+    Flux 2: the model's own shift or scheduler), the loader's MODEL goes to the sampler's nodes directly."""
     workflow = json.loads(path.read_text())
     types = {node["id"]: node["type"] for node in workflow["nodes"]}
     after, before = defaultdict(set), defaultdict(set)
@@ -47,11 +56,22 @@ def test_template_uses_drop_in_wiring(path: Path):
     loaders = [node for node, kind in types.items() if kind == "TandemModelLoader"]
     assert loaders and all({types[n] for n in before[node]} == {"TandemInit"} for node in loaders)
     for loader in loaders:
-        (sampling,) = after[loader]
-        assert types[sampling].startswith("ModelSampling") and SAMPLERS & downstream(sampling), types[sampling]
+        assert SAMPLERS & downstream(loader)
+        model = loader
+        while lora := [node for node in after[model] if types[node] in MODEL_STEPS]:
+            (model,) = lora
+        sampling = [node for node in after[model] if types[node].startswith("ModelSampling")]
+        assert not sampling or len(after[model]) == 1, "a ModelSampling node takes the loader's whole MODEL"
     decoders = [node for node, kind in types.items() if kind == "TandemVAEDecode"]
-    assert decoders and all({types[n] for n in before[node]} & SAMPLERS for node in decoders)
-    assert all({types[n] for n in after[node]} <= {"SaveImage", "CreateVideo"} for node in decoders)
+
+    def sampled(node: int) -> bool:
+        return any(types[n] in SAMPLERS or types[n] in LATENT_STEPS and sampled(n) for n in before[node])
+
+    assert decoders and all(sampled(node) for node in decoders)
+    for node in decoders:
+        saves = {types[n] for n in after[node] if types[n] not in IMAGE_STEPS}
+        saves |= {types[m] for n in after[node] if types[n] in IMAGE_STEPS for m in after[n]}
+        assert saves <= {"SaveImage", "CreateVideo"}, saves
     assert not {"XFuserKSamplerAdvanced", "VAEDecode", "UNETLoader"} & set(types.values())
 
 
@@ -75,7 +95,7 @@ def widgets(node_info: dict) -> list[tuple[str, list]]:
                 found.append((name, spec))
                 if len(spec) > 1 and spec[1].get("control_after_generate"):
                     found.append(("control_after_generate", [sorted(SEED_CONTROLS)]))
-                if len(spec) > 1 and spec[1].get("image_upload"):
+                if len(spec) > 1 and any(spec[1].get(kind) for kind in UPLOADS):
                     found.append(("upload", [["image"]]))
     return found
 
@@ -114,7 +134,7 @@ def test_template_matches_object_info(comfy_server: ComfyServer, path: Path):
         for (name, spec), value in zip(expected, node["widgets_values"]):
             options = spec[0] if isinstance(spec[0], list) else spec[1].get("options") if spec[0] == "COMBO" else None
             model_file = isinstance(value, str) and value.endswith(tuple(folder_paths.supported_pt_extensions))
-            user_image = len(spec) > 1 and spec[1].get("image_upload")
+            user_image = len(spec) > 1 and any(spec[1].get(kind) for kind in UPLOADS)
             if options is not None and not model_file and not user_image:   # the user's to download or upload
                 assert value in options, f"{where}: {name}={value!r} not in {options}"
         for slot in node["inputs"]:
