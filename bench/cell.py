@@ -20,18 +20,28 @@ from pathlib import Path
 import torch
 
 from _tandem import import_tandem
-from matrix import MODELS, MODES, Model, parse_size
+from matrix import MODELS, MODES, TEXT_MASK, Model, parse_size
 
 
 def conditioning(model: Model, size: str) -> dict:
-    """Seeded stand-ins for the text encoder's output (distinct positive and negative) and an empty latent."""
+    """Seeded stand-ins for the text encoder's output (distinct positive and negative) and an empty latent.
+
+    Each ``extra_cond`` entry is a seeded tensor of its width ([1, width]), its shape after the batch, or the shape its
+    function gives for the size; ``TEXT_MASK`` is the attention mask over the text tokens, all ones."""
     g = torch.Generator().manual_seed(1)
+    dims = parse_size(size)
+
+    def extra(spec) -> torch.Tensor:
+        if spec == TEXT_MASK:
+            return torch.ones(1, model.context[0], dtype=torch.long)
+        shape = spec(*dims) if callable(spec) else (1, *spec) if isinstance(spec, tuple) else (1, spec)
+        return torch.randn(shape, generator=g)
 
     def cond() -> list:
-        extra = {name: torch.randn(1, width, generator=g) for name, width in model.extra_cond.items()}
-        return [[torch.randn(1, *model.context, generator=g), extra]]
+        extras = {name: extra(spec) for name, spec in model.extra_cond.items()}
+        return [[torch.randn(1, *model.context, generator=g), extras]]
 
-    return dict(positive=cond(), negative=cond(), latent={"samples": torch.zeros(model.latent(*parse_size(size)))})
+    return dict(positive=cond(), negative=cond(), latent={"samples": torch.zeros(model.latent(*dims))})
 
 
 def ksampler(model, inputs: dict, cfg: float, steps: int, on_step: Callable[[], None] | None = None

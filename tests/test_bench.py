@@ -18,7 +18,22 @@ from report import links  # noqa: E402
 from weights import layout  # noqa: E402
 
 REAL = {"wan2.1-1.3b": 1.3, "wan2.1-14b": 14, "wan2.2-5b": 5, "flux-12b": 12, "qwen-image-20b": 20,
-        "hunyuanvideo-13b": 13}   # published parameter counts, billions
+        "hunyuanvideo-13b": 13, "sd3.5-large-8b": 8.1, "sd3.5-medium-2.5b": 2.5, "ltxv-2b": 2, "cosmos-predict2-2b": 2,
+        "hidream-i1-17b": 17, "omnigen2-4b": 4, "z-image-6b": 6, "hunyuan-image-2.1-17b": 17,
+        "wan2.2-animate-14b": 17.3}   # published parameter counts, billions (Animate: 14B + face adapter, 34.5 GB)
+BLOCK_COUNTS = ("num_layers", "depth", "depth_single_blocks", "num_single_layers", "n_layers", "num_blocks")
+
+
+def shallow(name: str) -> dict:
+    """unet_config changes for the one-block sampling test: every block count 1, at the real width."""
+    model = MODELS[name]
+    if model.config_class == "SD3":      # MMDiT's depth is its width (64 · depth); num_blocks counts its blocks
+        return {"num_blocks": 1}
+    config = model.unet_config
+    if model.config_class == "HiDream":  # one Llama layer per block: the first double block's and first single's
+        return {"num_layers": 1, "num_single_layers": 1,
+                "llama_layers": [config["llama_layers"][0], config["llama_layers"][config["num_layers"]]]}
+    return {k: 1 for k in BLOCK_COUNTS if k in config}
 
 
 def table(markdown: str) -> list[list[str]]:
@@ -86,16 +101,16 @@ def test_model_layout_is_what_comfyui_detects(name):
     assert billions == pytest.approx(REAL[name], rel=0.1)
 
 
-@pytest.mark.parametrize("name", REAL)
+@pytest.mark.parametrize("name", [name for name in REAL if name != "wan2.2-animate-14b"])
 def test_model_inputs_sample_one_step(name):
     """The harness's conditioning and latent for each model run through ComfyUI's KSamplerAdvanced (one block
-    deep)."""
+    deep). Not Wan 2.2 Animate: its face encoder on a 512 × 512 face video costs ~30 s and ~1 GB per frame on the
+    CPU (test_families_wan_variants samples those inputs on a tiny Animate)."""
     import comfy.model_management
     import comfy.model_patcher
     import comfy.supported_models
     model = MODELS[name]
-    shallow = {k: 1 for k in ("num_layers", "depth", "depth_single_blocks") if k in model.unet_config}
-    config = getattr(comfy.supported_models, model.config_class)({**model.unet_config, **shallow})
+    config = getattr(comfy.supported_models, model.config_class)({**model.unet_config, **shallow(name)})
     config.set_inference_dtype(torch.float32, None)
     patcher = comfy.model_patcher.ModelPatcher(config.get_model({}, ""), load_device=torch.device("cpu"),
                                                offload_device=comfy.model_management.unet_offload_device())
