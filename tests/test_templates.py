@@ -20,9 +20,11 @@ TITLES = ["Tandem demo (CPU)", "Wan 2.1 T2V (Tandem)", "Wan 2.1 T2V Ulysses 4 GP
           "Chroma1-HD CFG-parallel (Tandem)", "Z-Image Turbo (Tandem)", "SD3.5 Large CFG-parallel (Tandem)",
           "LTXV T2V (Tandem)", "Cosmos Predict 2 Video2World (Tandem)", "HiDream-I1 Full FSDP (Tandem)",
           "Omnigen 2 image edit Ring 2 (Tandem)", "Flux.2 dev FSDP (Tandem)", "HunyuanVideo 1.5 720p T2V 4 GPUs (Tandem)",
-          "Wan 2.2 Animate (Tandem)"]
+          "Wan 2.2 Animate (Tandem)", "Chroma Radiance CFG-parallel (Tandem)", "Lumina Image 2.0 CFG-parallel (Tandem)",
+          "Wan 2.2 Fun Camera (Tandem)"]
 SAMPLERS = {"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced"}
-MODEL_STEPS = {"LoraLoaderModelOnly", "TandemLoraLoader"}   # between a loader and its ModelSampling node
+MODEL_STEPS = {"LoraLoaderModelOnly", "TandemLoraLoader",   # between a loader and its ModelSampling node
+               "ChromaRadianceOptions"}
 LATENT_STEPS = {"TrimVideoLatent"}     # between a sampler and Tandem VAE Decode (Wan Animate's reference frames)
 IMAGE_STEPS = {"ImageFromBatch"}       # between Tandem VAE Decode and the video (Wan Animate's reference frames)
 UPLOADS = ("image_upload", "video_upload", "audio_upload")
