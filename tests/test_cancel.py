@@ -64,12 +64,13 @@ def test_cancel_stops_every_worker_and_the_group_keeps_working(_tandem_session, 
     assert ksampler(load(group, path), request("wan21_t2v", (3, 8, 8), "euler")) is not None
 
 
-def test_worker_dying_mid_job_fails_fast_and_next_run_restarts(_tandem_session, checkpoint):
+@pytest.mark.parametrize("rank", [1, 0], ids=["rank-1", "rank-0-whose-steps-the-host-polls"])
+def test_worker_dying_mid_job_fails_fast_and_next_run_restarts(_tandem_session, checkpoint, rank):
     group = groups.start(CONFIG)
     path = str(checkpoint("wan21_t2v"))
     model = load(group, path)
     before = groups.fingerprint(CONFIG)
-    thread, killed, done = once_at_step(group, 2, lambda: ray.kill(group.actors[1]))
+    thread, killed, done = once_at_step(group, 2, lambda: ray.kill(group.actors[rank]))
     try:
         with pytest.raises(groups.TandemError) as error:
             ksampler(model, long_request())

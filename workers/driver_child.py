@@ -98,12 +98,12 @@ def _read(connection: Connection, calls: queue.Queue, model_management) -> None:
 
 
 def _portable(error: Exception, groups) -> Exception:
-    """The error as the host can unpickle and show it: Tandem's and ComfyUI's errors as they are, others in one line."""
-    try:
-        pickle.dumps(error)
+    """The error as the host shows it: Tandem's errors and ComfyUI's Cancel as they are, any other (Ray's, whose text
+    spans lines with the actor's description) in one line."""
+    if isinstance(error, (groups.TandemError, groups.TandemConfigError)) or \
+            type(error).__name__ == "InterruptProcessingException":
         return error
-    except Exception:
-        return groups.TandemError(groups.one_line(error))
+    return groups.TandemError(groups.one_line(error))
 
 
 def serve(fd: int) -> None:

@@ -370,10 +370,11 @@ class Group:
 
     def steps(self) -> list[tuple]:
         """The steps rank 0 finished since the last call: (step, x0, x, total) each. A worker too busy to answer
-        within a second leaves them for the next poll (a hung worker is the job's timeout's to report)."""
+        within a second leaves them for the next poll; a hung or dead one is the job's own call's to report (the
+        hung-worker pings, the worker's death in one line), never the poll's."""
         try:
             return ray.get(self.actors[0].steps.remote(), timeout=1)
-        except ray.exceptions.GetTimeoutError:
+        except ray.exceptions.RayError:
             return []
 
     def interrupt(self) -> None:
