@@ -77,6 +77,13 @@ def gather_tokens(shard: SequenceShard, module, args, out: torch.Tensor) -> torc
     return shard.gather(out)
 
 
+def gather_after_text(shard: SequenceShard, module, args, out: torch.Tensor) -> torch.Tensor:
+    """[replicated text; image slice] -> [text; every image token]: a per-token layer's output over the joint
+    sequence (NextDiT, OmniGen2), gathered before the model's unpatchify."""
+    text = out.shape[1] - shard.local
+    return torch.cat((out[:, :text], shard.gather(out[:, text:])), dim=1)
+
+
 def install_joint(diffusion_model, shard: SequenceShard, attend: AttentionFn, text_first: bool, begin,
                   after_split=None) -> None:
     """The hooks every Flux-built family (double + single blocks, ``img_in``, ``pe_embedder``, ``final_layer``) needs;

@@ -11,12 +11,10 @@ layer is per token: its output's image part is gathered before ComfyUI's unpatch
 """
 from functools import partial
 
-import torch
-
 from ..parallel.attention import joint_ulysses_override, ulysses_override, with_override
 from ..parallel.sequence import SequenceShard
 from ..parallel.ulysses import AttentionFn
-from .joint import split_ids
+from .joint import gather_after_text, split_ids
 
 FAMILY = "Lumina 2 / Z-Image"
 MODEL_CLASSES = ("comfy.ldm.lumina.model.NextDiT",)
@@ -52,11 +50,6 @@ def _layer_pre(shard: SequenceShard, override, module, args, kwargs):
     return (x, mask, split_ids(shard, True, module, (freqs,))[0], *rest), kwargs
 
 
-def _gather(shard: SequenceShard, module, args, out: torch.Tensor) -> torch.Tensor:
-    caption = out.shape[1] - shard.local
-    return torch.cat((out[:, :caption], shard.gather(out[:, caption:])), dim=1)
-
-
 def install_sequence_parallel(diffusion_model, shard: SequenceShard, attend: AttentionFn) -> None:
     image, joint = ulysses_override(shard, attend), joint_ulysses_override(shard, attend, text_first=True)
     diffusion_model.register_forward_pre_hook(partial(_begin, shard))
@@ -64,4 +57,4 @@ def install_sequence_parallel(diffusion_model, shard: SequenceShard, attend: Att
         block.register_forward_pre_hook(partial(_refiner_pre, shard, image), with_kwargs=True)
     for block in diffusion_model.layers:
         block.register_forward_pre_hook(partial(_layer_pre, shard, joint), with_kwargs=True)
-    diffusion_model.final_layer.register_forward_hook(partial(_gather, shard))
+    diffusion_model.final_layer.register_forward_hook(partial(gather_after_text, shard))

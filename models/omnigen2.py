@@ -19,7 +19,7 @@ import torch
 from ..parallel.attention import joint_ulysses_override, ulysses_override, with_override
 from ..parallel.sequence import SequenceShard
 from ..parallel.ulysses import AttentionFn
-from .joint import split_ids
+from .joint import gather_after_text, split_ids
 
 FAMILY = "Omnigen 2"
 MODEL_CLASSES = ("comfy.ldm.omnigen.omnigen2.OmniGen2Transformer2DModel",)
@@ -74,11 +74,6 @@ def layer_pre(shard: SequenceShard, parts: dict, override, module, args, kwargs)
     return (x, mask, split_ids(shard, True, module, (freqs,))[0], *rest), kwargs
 
 
-def gather(shard: SequenceShard, module, args, out: torch.Tensor) -> torch.Tensor:
-    caption = out.shape[1] - shard.local
-    return torch.cat((out[:, :caption], shard.gather(out[:, caption:])), dim=1)
-
-
 def install_sequence_parallel(diffusion_model, shard: SequenceShard, attend: AttentionFn) -> None:
     alone, joint, parts = ulysses_override(shard, attend), joint_ulysses_override(shard, attend, text_first=True), {}
     diffusion_model.register_forward_pre_hook(partial(begin, shard, parts))
@@ -87,4 +82,4 @@ def install_sequence_parallel(diffusion_model, shard: SequenceShard, attend: Att
             block.register_forward_pre_hook(partial(refiner_pre, shard, parts, key, alone), with_kwargs=True)
     for block in diffusion_model.layers:
         block.register_forward_pre_hook(partial(layer_pre, shard, parts, joint), with_kwargs=True)
-    diffusion_model.norm_out.register_forward_hook(partial(gather, shard))
+    diffusion_model.norm_out.register_forward_hook(partial(gather_after_text, shard))

@@ -210,7 +210,7 @@ def fingerprint(config: GroupConfig) -> str:
 
 def prestart() -> None:
     """When ComfyUI loads Tandem on a machine with GPUs: start the driver process, its private Ray head and one worker
-    per GPU in the background, so that the first Tandem Init finds them running (they cost ~12, ~6 and ~13 s on an
+    per GPU in the background, so that the first Tandem Init finds them running (they cost ~13, ~4 and ~11 s on an
     H200 machine, see BENCHMARKS.md's start-up section). Until a group takes them, each started worker holds its GPU's
     CUDA context (~0.5 GB). ``TANDEM_PRESTART=0`` turns this off; a number N starts N workers (CPU workers on a
     machine without GPUs). A Tandem Init with a cluster address or other workers replaces what was started."""
